@@ -1,0 +1,616 @@
+"""A thin, typed Asterisk REST Interface client on aiohttp.
+
+Transport only: REST calls with an ``Authorization`` header, the events websocket with a
+heartbeat, reconnect with backoff, and a signal after every (re)connect so the app can
+resync from ``GET /channels``: Asterisk 22 keeps channels in Stasis while the app is away
+but does not replay the events missed meanwhile.
+
+Why our own client: the ``ari`` package on PyPI is Python 2 only, and the async clients we
+measured freeze, crash or stop silently when the websocket drops, and put the password in
+the URL (``?api_key=``), where it ends up in access logs.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import random
+from collections.abc import Awaitable, Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any, cast
+from urllib.parse import quote
+
+import aiohttp
+
+log = logging.getLogger(__name__)
+
+JSON = dict[str, Any]
+
+
+# --------------------------------------------------------------------------- errors
+
+
+class AriError(Exception):
+    """An ARI request failed. ``status`` is the HTTP status (0: no answer at all)."""
+
+    def __init__(self, method: str, path: str, status: int, reason: str) -> None:
+        super().__init__(f"ARI {method} {path} -> {status} {reason}")
+        self.method = method
+        self.path = path
+        self.status = status
+        self.reason = reason
+
+
+class AriNotFound(AriError):
+    """404: the channel, bridge or playback is gone. Normal life when a caller hangs up."""
+
+
+class AriConflict(AriError):
+    """409: e.g. the channel is not in Stasis (yet or any more)."""
+
+
+class AriBadRequest(AriError):
+    """400/422: we sent something Asterisk refuses; a bug on our side or bad config."""
+
+
+class AriUnavailable(AriError):
+    """Asterisk did not answer (connection refused, timeout) or answered 5xx."""
+
+
+def _error_for(method: str, path: str, status: int, reason: str) -> AriError:
+    if status == 404:
+        return AriNotFound(method, path, status, reason)
+    if status == 409:
+        return AriConflict(method, path, status, reason)
+    if status in (400, 422):
+        return AriBadRequest(method, path, status, reason)
+    if status == 0 or status >= 500:
+        return AriUnavailable(method, path, status, reason)
+    return AriError(method, path, status, reason)
+
+
+# --------------------------------------------------------------------------- resources
+
+
+def _ts(value: object) -> float:
+    """ARI timestamps look like ``2026-11-28T09:00:00.123+0000``; 0.0 when absent."""
+    if not isinstance(value, str) or not value:
+        return 0.0
+    try:
+        return datetime.strptime(value, "%Y-%m-%dT%H:%M:%S.%f%z").timestamp()
+    except ValueError:
+        return 0.0
+
+
+def _str(d: Mapping[str, Any], key: str) -> str:
+    v = d.get(key)
+    return v if isinstance(v, str) else ""
+
+
+def _obj(d: Mapping[str, Any], key: str) -> JSON:
+    v = d.get(key)
+    return cast(JSON, v) if isinstance(v, dict) else {}
+
+
+@dataclass(frozen=True)
+class Channel:
+    id: str
+    name: str
+    state: str
+    caller_number: str
+    caller_name: str
+    exten: str
+    created_at: float
+    app_name: str = ""
+    app_data: str = ""
+    variables: Mapping[str, str] = field(default_factory=dict)
+
+    @classmethod
+    def from_json(cls, d: Mapping[str, Any]) -> Channel:
+        caller = _obj(d, "caller")
+        dialplan = _obj(d, "dialplan")
+        cvars = d.get("channelvars")
+        return cls(
+            id=_str(d, "id"),
+            name=_str(d, "name"),
+            state=_str(d, "state"),
+            caller_number=_str(caller, "number"),
+            caller_name=_str(caller, "name"),
+            exten=_str(dialplan, "exten"),
+            created_at=_ts(d.get("creationtime")),
+            app_name=_str(dialplan, "app_name"),
+            app_data=_str(dialplan, "app_data"),
+            variables={str(k): str(v) for k, v in cvars.items()} if isinstance(cvars, dict) else {},
+        )
+
+
+@dataclass(frozen=True)
+class Playback:
+    id: str
+    media_uri: str
+    target_uri: str
+    state: str
+
+    @classmethod
+    def from_json(cls, d: Mapping[str, Any]) -> Playback:
+        return cls(
+            id=_str(d, "id"),
+            media_uri=_str(d, "media_uri"),
+            target_uri=_str(d, "target_uri"),
+            state=_str(d, "state"),
+        )
+
+    @property
+    def channel_id(self) -> str:
+        """The channel a playback targets (``channel:<id>``), or ``""``."""
+        prefix = "channel:"
+        return self.target_uri[len(prefix):] if self.target_uri.startswith(prefix) else ""
+
+
+@dataclass(frozen=True)
+class Endpoint:
+    technology: str
+    resource: str
+    state: str
+    channel_ids: tuple[str, ...]
+
+    @classmethod
+    def from_json(cls, d: Mapping[str, Any]) -> Endpoint:
+        ids = d.get("channel_ids")
+        return cls(
+            technology=_str(d, "technology"),
+            resource=_str(d, "resource"),
+            state=_str(d, "state"),
+            channel_ids=tuple(str(i) for i in ids) if isinstance(ids, list) else (),
+        )
+
+    @property
+    def name(self) -> str:
+        return f"{self.technology}/{self.resource}"
+
+
+# --------------------------------------------------------------------------- events
+
+
+@dataclass(frozen=True)
+class Event:
+    """Any ARI event. Subclasses exist for the events the app acts on; the rest arrive as
+    plain ``Event`` with the JSON in ``raw`` (Asterisk adds event types across versions)."""
+
+    type: str
+    timestamp: float
+    application: str
+    raw: Mapping[str, Any]
+
+    @property
+    def channel_id(self) -> str:
+        """The channel this event is about, if any (used to route it to a session)."""
+        return ""
+
+
+@dataclass(frozen=True)
+class ChannelEvent(Event):
+    channel: Channel
+
+    @property
+    def channel_id(self) -> str:
+        return self.channel.id
+
+
+@dataclass(frozen=True)
+class StasisStart(ChannelEvent):
+    args: tuple[str, ...]
+    replace_channel_id: str
+
+
+@dataclass(frozen=True)
+class StasisEnd(ChannelEvent):
+    pass
+
+
+@dataclass(frozen=True)
+class ChannelDtmfReceived(ChannelEvent):
+    digit: str
+    duration_ms: int
+
+
+@dataclass(frozen=True)
+class ChannelStateChange(ChannelEvent):
+    pass
+
+
+@dataclass(frozen=True)
+class ChannelHangupRequest(ChannelEvent):
+    cause: int
+
+
+@dataclass(frozen=True)
+class ChannelDestroyed(ChannelEvent):
+    cause: int
+    cause_txt: str
+
+
+@dataclass(frozen=True)
+class ChannelEnteredBridge(ChannelEvent):
+    bridge_id: str
+
+
+@dataclass(frozen=True)
+class ChannelLeftBridge(ChannelEvent):
+    bridge_id: str
+
+
+@dataclass(frozen=True)
+class PlaybackEvent(Event):
+    playback: Playback
+
+    @property
+    def channel_id(self) -> str:
+        return self.playback.channel_id
+
+
+@dataclass(frozen=True)
+class PlaybackStarted(PlaybackEvent):
+    pass
+
+
+@dataclass(frozen=True)
+class PlaybackFinished(PlaybackEvent):
+    pass
+
+
+@dataclass(frozen=True)
+class Dial(Event):
+    """Progress of an originate/dial. ``peer`` is the outbound channel."""
+
+    peer: Channel
+    dialstatus: str
+
+    @property
+    def channel_id(self) -> str:
+        return self.peer.id
+
+
+@dataclass(frozen=True)
+class EndpointStateChange(Event):
+    endpoint: Endpoint
+
+
+_CHANNEL_EVENTS: dict[str, type[ChannelEvent]] = {
+    "StasisEnd": StasisEnd,
+    "ChannelStateChange": ChannelStateChange,
+}
+
+
+def parse_event(d: Mapping[str, Any]) -> Event:
+    """Turn one websocket message into a typed event. Never raises on odd input: an
+    unexpected shape becomes a plain ``Event`` (R22: ARI surprises never crash a flow)."""
+    etype = _str(d, "type")
+    base: dict[str, Any] = {
+        "type": etype,
+        "timestamp": _ts(d.get("timestamp")),
+        "application": _str(d, "application"),
+        "raw": d,
+    }
+    channel = Channel.from_json(_obj(d, "channel"))
+    try:
+        if etype == "StasisStart":
+            args = d.get("args")
+            return StasisStart(
+                **base,
+                channel=channel,
+                args=tuple(str(a) for a in args) if isinstance(args, list) else (),
+                replace_channel_id=_str(_obj(d, "replace_channel"), "id"),
+            )
+        if etype in _CHANNEL_EVENTS:
+            return _CHANNEL_EVENTS[etype](**base, channel=channel)
+        if etype == "ChannelDtmfReceived":
+            return ChannelDtmfReceived(
+                **base,
+                channel=channel,
+                digit=_str(d, "digit"),
+                duration_ms=int(d.get("duration_ms") or 0),
+            )
+        if etype == "ChannelHangupRequest":
+            return ChannelHangupRequest(**base, channel=channel, cause=int(d.get("cause") or 0))
+        if etype == "ChannelDestroyed":
+            return ChannelDestroyed(
+                **base,
+                channel=channel,
+                cause=int(d.get("cause") or 0),
+                cause_txt=_str(d, "cause_txt"),
+            )
+        if etype in ("ChannelEnteredBridge", "ChannelLeftBridge"):
+            cls = ChannelEnteredBridge if etype == "ChannelEnteredBridge" else ChannelLeftBridge
+            return cls(**base, channel=channel, bridge_id=_str(_obj(d, "bridge"), "id"))
+        if etype in ("PlaybackStarted", "PlaybackFinished"):
+            pcls = PlaybackStarted if etype == "PlaybackStarted" else PlaybackFinished
+            return pcls(**base, playback=Playback.from_json(_obj(d, "playback")))
+        if etype == "Dial":
+            return Dial(
+                **base,
+                peer=Channel.from_json(_obj(d, "peer")),
+                dialstatus=_str(d, "dialstatus"),
+            )
+        if etype == "EndpointStateChange":
+            return EndpointStateChange(**base, endpoint=Endpoint.from_json(_obj(d, "endpoint")))
+    except (TypeError, ValueError):
+        log.warning("ARI event %s with an unexpected shape; passed on untyped", etype)
+    return Event(**base)
+
+
+# --------------------------------------------------------------------------- client
+
+EventHandler = Callable[[Event], None]
+ConnectHandler = Callable[[bool], Awaitable[None]]
+
+
+class AriClient:
+    """REST + events for one Asterisk server and one Stasis application.
+
+    ``run()`` keeps the events websocket up for ever: on a drop it reconnects with
+    exponential backoff (with jitter) and awaits ``on_connect(reconnected)`` before any
+    event of the new connection is delivered, so the app can resync first.
+
+    Events are delivered to a synchronous handler in websocket order. The handler must not
+    block: flows queue events per channel and act on them in their own tasks.
+    """
+
+    def __init__(
+        self,
+        base_url: str,
+        user: str,
+        password: str,
+        app: str,
+        *,
+        session: aiohttp.ClientSession | None = None,
+        heartbeat: float = 5.0,
+        request_timeout: float = 10.0,
+        backoff_initial: float = 0.25,
+        backoff_max: float = 10.0,
+        subscribe_all: bool = False,
+    ) -> None:
+        self.base_url = base_url.rstrip("/")
+        if not self.base_url.endswith("/ari"):
+            self.base_url += "/ari"
+        self.app = app
+        self._auth = {"Authorization": aiohttp.encode_basic_auth(user, password)}
+        self._own_session = session is None
+        self._session = session
+        self._heartbeat = heartbeat
+        self._timeout = aiohttp.ClientTimeout(total=request_timeout)
+        self._backoff_initial = backoff_initial
+        self._backoff_max = backoff_max
+        self._subscribe_all = subscribe_all
+        self._ws: aiohttp.ClientWebSocketResponse | None = None
+        self._closing = False
+        self.connected = asyncio.Event()
+        #: completed websocket connections after the first (exported as a metric)
+        self.reconnects = 0
+
+    # ---- plumbing
+
+    @property
+    def session(self) -> aiohttp.ClientSession:
+        if self._session is None:
+            self._session = aiohttp.ClientSession()
+        return self._session
+
+    async def close(self) -> None:
+        self._closing = True
+        if self._ws is not None:
+            await self._ws.close()
+        if self._own_session and self._session is not None:
+            await self._session.close()
+            self._session = None
+
+    async def request(
+        self,
+        method: str,
+        path: str,
+        *,
+        params: Mapping[str, str | int | float] | None = None,
+        json: JSON | None = None,
+    ) -> Any:
+        """One REST call. Returns the decoded JSON body (``None`` for 204)."""
+        url = self.base_url + path
+        query = {k: str(v) for k, v in (params or {}).items()}
+        try:
+            async with self.session.request(
+                method, url, params=query, json=json, headers=self._auth, timeout=self._timeout
+            ) as resp:
+                if resp.status >= 300:
+                    reason = resp.reason or ""
+                    with contextlib.suppress(Exception):
+                        body = await resp.json(content_type=None)
+                        if isinstance(body, dict) and isinstance(body.get("message"), str):
+                            reason = body["message"]
+                    raise _error_for(method, path, resp.status, reason)
+                if resp.status == 204 or resp.content_length == 0:
+                    return None
+                return await resp.json(content_type=None)
+        except (aiohttp.ClientError, TimeoutError) as exc:
+            raise AriUnavailable(method, path, 0, str(exc) or type(exc).__name__) from exc
+
+    # ---- events
+
+    def _events_url(self) -> str:
+        url = f"{self.base_url}/events?app={quote(self.app)}"
+        if self._subscribe_all:
+            url += "&subscribeAll=true"
+        return url
+
+    async def run(self, on_event: EventHandler, on_connect: ConnectHandler | None = None) -> None:
+        """Keep the events websocket up until ``close()`` or cancellation."""
+        delay = self._backoff_initial
+        first = True
+        while not self._closing:
+            try:
+                ws = await self.session.ws_connect(
+                    self._events_url(), headers=self._auth, heartbeat=self._heartbeat
+                )
+            except (aiohttp.ClientError, TimeoutError, OSError) as exc:
+                log.warning("ARI websocket connect failed (%s); retry in %.1fs", exc, delay)
+                await asyncio.sleep(delay * (0.8 + 0.4 * random.random()))
+                delay = min(delay * 2, self._backoff_max)
+                continue
+            self._ws = ws
+            if not first:
+                self.reconnects += 1
+            log.info("ARI websocket connected (app=%s, reconnect=%s)", self.app, not first)
+            try:
+                if on_connect is not None:
+                    await on_connect(not first)
+                self.connected.set()
+                first = False
+                delay = self._backoff_initial
+                await self._read(ws, on_event)
+            finally:
+                self.connected.clear()
+                self._ws = None
+                await ws.close()
+            if not self._closing:
+                log.warning("ARI websocket closed; reconnecting")
+
+    async def _read(self, ws: aiohttp.ClientWebSocketResponse, on_event: EventHandler) -> None:
+        async for msg in ws:
+            if msg.type != aiohttp.WSMsgType.TEXT:
+                if msg.type == aiohttp.WSMsgType.ERROR:
+                    log.warning("ARI websocket error: %s", ws.exception())
+                    return
+                continue
+            try:
+                data = msg.json()
+            except ValueError:
+                log.warning("ARI sent a non-JSON message; ignored")
+                continue
+            if not isinstance(data, dict):
+                continue
+            event = parse_event(data)
+            try:
+                on_event(event)
+            except Exception:
+                # A bug in one handler must not take the connection down for every call.
+                log.exception("event handler failed on %s", event.type)
+
+    # ---- channels
+
+    async def list_channels(self) -> list[Channel]:
+        data = await self.request("GET", "/channels")
+        return [Channel.from_json(c) for c in data or [] if isinstance(c, dict)]
+
+    async def get_channel(self, channel_id: str) -> Channel:
+        return Channel.from_json(await self.request("GET", f"/channels/{channel_id}"))
+
+    async def answer(self, channel_id: str) -> None:
+        await self.request("POST", f"/channels/{channel_id}/answer")
+
+    async def ring(self, channel_id: str) -> None:
+        await self.request("POST", f"/channels/{channel_id}/ring")
+
+    async def hangup(self, channel_id: str, reason: str = "normal") -> None:
+        await self.request("DELETE", f"/channels/{channel_id}", params={"reason": reason})
+
+    async def start_moh(self, channel_id: str, moh_class: str = "default") -> None:
+        await self.request("POST", f"/channels/{channel_id}/moh", params={"mohClass": moh_class})
+
+    async def stop_moh(self, channel_id: str) -> None:
+        await self.request("DELETE", f"/channels/{channel_id}/moh")
+
+    async def start_ringing(self, channel_id: str) -> None:
+        await self.request("POST", f"/channels/{channel_id}/ring")
+
+    async def stop_ringing(self, channel_id: str) -> None:
+        await self.request("DELETE", f"/channels/{channel_id}/ring")
+
+    async def play(
+        self,
+        channel_id: str,
+        media: str | Sequence[str],
+        *,
+        playback_id: str | None = None,
+        lang: str | None = None,
+    ) -> Playback:
+        uris = [media] if isinstance(media, str) else list(media)
+        params: dict[str, str | int | float] = {"media": ",".join(uris)}
+        if lang:
+            params["lang"] = lang
+        if playback_id:
+            path = f"/channels/{channel_id}/play/{playback_id}"
+        else:
+            path = f"/channels/{channel_id}/play"
+        return Playback.from_json(await self.request("POST", path, params=params))
+
+    async def stop_playback(self, playback_id: str) -> None:
+        await self.request("DELETE", f"/playbacks/{playback_id}")
+
+    async def set_variable(self, channel_id: str, name: str, value: str) -> None:
+        await self.request(
+            "POST", f"/channels/{channel_id}/variable", params={"variable": name, "value": value}
+        )
+
+    async def originate(
+        self,
+        endpoint: str,
+        *,
+        app_args: str = "",
+        caller_id: str | None = None,
+        timeout: float = 30,
+        variables: Mapping[str, str] | None = None,
+        channel_id: str | None = None,
+    ) -> Channel:
+        """Originate a channel that enters our Stasis app when answered."""
+        params: dict[str, str | int | float] = {
+            "endpoint": endpoint,
+            "app": self.app,
+            "timeout": max(1, round(timeout)),
+        }
+        if app_args:
+            params["appArgs"] = app_args
+        if caller_id:
+            params["callerId"] = caller_id
+        if channel_id:
+            params["channelId"] = channel_id
+        body: JSON = {"variables": dict(variables)} if variables else {}
+        data = await self.request("POST", "/channels", params=params, json=body)
+        return Channel.from_json(data)
+
+    # ---- bridges
+
+    async def create_bridge(self, bridge_id: str | None = None, kind: str = "mixing") -> str:
+        params: dict[str, str | int | float] = {"type": kind}
+        if bridge_id:
+            params["bridgeId"] = bridge_id
+        data = await self.request("POST", "/bridges", params=params)
+        return _str(data, "id") if isinstance(data, dict) else ""
+
+    async def add_to_bridge(self, bridge_id: str, channel_ids: Sequence[str]) -> None:
+        await self.request(
+            "POST", f"/bridges/{bridge_id}/addChannel", params={"channel": ",".join(channel_ids)}
+        )
+
+    async def destroy_bridge(self, bridge_id: str) -> None:
+        await self.request("DELETE", f"/bridges/{bridge_id}")
+
+    async def list_bridges(self) -> list[JSON]:
+        data = await self.request("GET", "/bridges")
+        return [b for b in data or [] if isinstance(b, dict)]
+
+    # ---- endpoints
+
+    async def list_endpoints(self) -> list[Endpoint]:
+        data = await self.request("GET", "/endpoints")
+        return [Endpoint.from_json(e) for e in data or [] if isinstance(e, dict)]
+
+    async def get_endpoint(self, technology: str, resource: str) -> Endpoint:
+        return Endpoint.from_json(await self.request("GET", f"/endpoints/{technology}/{resource}"))
+
+    async def subscribe_endpoint(self, technology: str, resource: str) -> None:
+        """Ask for EndpointStateChange of an endpoint no channel of ours has touched yet."""
+        await self.request(
+            "POST",
+            f"/applications/{quote(self.app)}/subscription",
+            params={"eventSource": f"endpoint:{technology}/{resource}"},
+        )

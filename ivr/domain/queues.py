@@ -1,0 +1,821 @@
+"""The queue engine: FIFO by original arrival, callbacks keep their place, dispatch to
+free agents (SPEC R1, R2, R6, R7, R10-R12, R14, R16).
+
+Pure and synchronous: no I/O, no asyncio, time comes from the injected ``Clock``.
+The caller persists what changed (``drain_changes()``) before telling anyone about it.
+
+Data structures, per queue:
+- ``open``: every open item (live callers and callbacks, eligible or not, offered or
+  dialling), sorted by ``(arrived_at, seq)``. Positions are ranks in it: O(log n).
+- ``ready_inbound`` / ``ready_callback``: the subset that may be offered right now.
+  Dispatch reads their heads: O(log n) plus the items a given agent declined. Two
+  indexes so callbacks can be held back (outside business hours) without scanning them.
+- ``retry``: a heap of ``(next_eligible_at, seq, id)`` for callbacks waiting out their
+  retry interval. They stay in ``open`` (they keep their place and count for positions)
+  and move into ``ready_callback`` when due: O(log n) each, no scan of waiting retries.
+Engine-wide: an expiry heap and a ``(queue, number) -> id`` map for open callbacks (R12).
+"""
+
+from __future__ import annotations
+
+import heapq
+import math
+from bisect import bisect_left
+from collections import OrderedDict
+from collections.abc import Collection, Iterable, Iterator, Mapping
+from dataclasses import dataclass
+
+from ivr.domain.ewt import DequeueEstimator
+from ivr.domain.items import (
+    Clock,
+    HistoryEntry,
+    Kind,
+    State,
+    WorkItem,
+    new_item_id,
+)
+from ivr.domain.numbers import normalize
+
+Key = tuple[float, int, str]
+
+# Closed items are dropped from memory (the store has them); a bounded tail is kept so
+# get() still answers for an item that closed a moment ago (e.g. a late agent event).
+RECENTLY_CLOSED = 10_000
+
+
+class QueueError(Exception):
+    """Base for the engine's refusals."""
+
+
+class UnknownQueue(QueueError, KeyError):
+    pass
+
+
+class UnknownItem(QueueError, KeyError):
+    pass
+
+
+class InvalidTransition(QueueError):
+    """The operation is not possible in the item's current state. Nothing was changed."""
+
+    def __init__(self, item: WorkItem, action: str, why: str = "") -> None:
+        self.item_id = item.id
+        self.state = item.state
+        self.action = action
+        msg = f"cannot {action} work item {item.id} in state {item.state.value}"
+        super().__init__(f"{msg}: {why}" if why else msg)
+
+
+class DuplicateCallback(QueueError):
+    """R12: an open callback already exists for this (queue, number)."""
+
+    def __init__(self, existing: WorkItem) -> None:
+        self.existing = existing
+        super().__init__(f"callback {existing.id} already scheduled in queue {existing.queue}")
+
+
+@dataclass(frozen=True)
+class QueuePolicy:
+    name: str
+    max_waiting: int | None = None  # R2: overflow when waiting items exceed this (1-100)
+    max_ewt: float | None = None  # R2: overflow when EWT exceeds this, seconds (30-3600)
+    retry_interval: float = 600.0  # R10
+    max_attempts: int = 3  # R10
+    expire_after: float = 7 * 86400.0  # R14
+    ewt_alpha: float = 0.25  # app_queue's (old*3 + new)/4 weighting; see ewt.py
+    initial_dequeue_interval: float = 60.0  # per-agent EWT prior before the first sample
+
+    def __post_init__(self) -> None:
+        # Messages name the key so config errors read as one clear line (R22).
+        if not self.name:
+            raise ValueError("queue name must not be empty")
+        if self.max_waiting is not None and not 1 <= self.max_waiting <= 100:
+            raise ValueError(f"queue {self.name}: max_waiting must be 1-100")
+        if self.max_ewt is not None and not 30 <= self.max_ewt <= 3600:
+            raise ValueError(f"queue {self.name}: max_ewt must be 30-3600 seconds")
+        if not self.retry_interval > 0:
+            raise ValueError(f"queue {self.name}: retry_interval must be > 0")
+        if self.max_attempts < 1:
+            raise ValueError(f"queue {self.name}: max_attempts must be >= 1")
+        if not self.expire_after > 0:
+            raise ValueError(f"queue {self.name}: expire_after must be > 0")
+        if not 0 < self.ewt_alpha <= 1:
+            raise ValueError(f"queue {self.name}: ewt_alpha must be in (0, 1]")
+        if not self.initial_dequeue_interval > 0:
+            raise ValueError(f"queue {self.name}: initial_dequeue_interval must be > 0")
+
+
+class OrderIndex:
+    """A sorted set of keys with O(log n) rank, the stdlib way.
+
+    A list of sorted buckets (the layout sortedcontainers uses) plus a Fenwick tree over
+    bucket sizes: insert/remove cost a bisect and a memmove inside one bucket of at most
+    ``2 * LOAD`` keys, rank costs two bisects and a Fenwick prefix sum. The Fenwick tree
+    is rebuilt (O(n / LOAD)) only when buckets split, merge or vanish.
+    Hand-rolled rather than depending on sortedcontainers: ~100 lines, and the engine
+    needs only add/discard/rank/iterate.
+    """
+
+    LOAD = 256
+
+    __slots__ = ("_buckets", "_fenwick", "_len", "_maxes")
+
+    def __init__(self, keys: Iterable[Key] = ()) -> None:
+        ordered = sorted(set(keys))
+        self._buckets: list[list[Key]] = [
+            ordered[i : i + self.LOAD] for i in range(0, len(ordered), self.LOAD)
+        ]
+        self._maxes: list[Key] = [b[-1] for b in self._buckets]
+        self._len = len(ordered)
+        self._fenwick: list[int] = []
+        self._rebuild()
+
+    def __len__(self) -> int:
+        return self._len
+
+    def _rebuild(self) -> None:
+        n = len(self._buckets)
+        tree = [0] * (n + 1)
+        for i, bucket in enumerate(self._buckets, 1):
+            tree[i] += len(bucket)
+            parent = i + (i & -i)
+            if parent <= n:
+                tree[parent] += tree[i]
+        self._fenwick = tree
+
+    def _fenwick_add(self, bucket: int, delta: int) -> None:
+        i = bucket + 1
+        tree = self._fenwick
+        n = len(tree) - 1
+        while i <= n:
+            tree[i] += delta
+            i += i & -i
+
+    def _prefix(self, bucket: int) -> int:
+        """Number of keys in buckets before ``bucket``."""
+        total = 0
+        i = bucket
+        tree = self._fenwick
+        while i > 0:
+            total += tree[i]
+            i -= i & -i
+        return total
+
+    def __contains__(self, key: Key) -> bool:
+        b = bisect_left(self._maxes, key)
+        if b == len(self._maxes):
+            return False
+        bucket = self._buckets[b]
+        j = bisect_left(bucket, key)
+        return j < len(bucket) and bucket[j] == key
+
+    def add(self, key: Key) -> bool:
+        """Insert; False (and no change) if already present."""
+        maxes = self._maxes
+        if not maxes:
+            self._buckets.append([key])
+            maxes.append(key)
+            self._len = 1
+            self._rebuild()
+            return True
+        b = bisect_left(maxes, key)
+        if b == len(maxes):
+            # Past the last key: the common case (a new arrival joins the tail).
+            b -= 1
+            self._buckets[b].append(key)
+            maxes[b] = key
+        else:
+            bucket = self._buckets[b]
+            j = bisect_left(bucket, key)
+            if bucket[j] == key:
+                return False
+            bucket.insert(j, key)
+        self._len += 1
+        bucket = self._buckets[b]
+        if len(bucket) > 2 * self.LOAD:
+            half = bucket[self.LOAD :]
+            del bucket[self.LOAD :]
+            maxes[b] = bucket[-1]
+            self._buckets.insert(b + 1, half)
+            maxes.insert(b + 1, half[-1])
+            self._rebuild()
+        else:
+            self._fenwick_add(b, 1)
+        return True
+
+    def discard(self, key: Key) -> bool:
+        """Remove; False if absent."""
+        maxes = self._maxes
+        b = bisect_left(maxes, key)
+        if b == len(maxes):
+            return False
+        bucket = self._buckets[b]
+        j = bisect_left(bucket, key)
+        if j == len(bucket) or bucket[j] != key:
+            return False
+        del bucket[j]
+        self._len -= 1
+        if not bucket:
+            del self._buckets[b]
+            del maxes[b]
+            self._rebuild()
+        elif len(bucket) < self.LOAD // 8 and len(self._buckets) > 1:
+            # Merge a dwindling bucket into a neighbour so FIFO draining from the head
+            # does not leave many tiny buckets behind.
+            n = b + 1 if b + 1 < len(self._buckets) else b - 1
+            lo, hi = min(b, n), max(b, n)
+            self._buckets[lo].extend(self._buckets[hi])
+            del self._buckets[hi]
+            del maxes[hi]
+            maxes[lo] = self._buckets[lo][-1]
+            if len(self._buckets[lo]) > 2 * self.LOAD:
+                merged = self._buckets[lo]
+                half = merged[self.LOAD :]
+                del merged[self.LOAD :]
+                maxes[lo] = merged[-1]
+                self._buckets.insert(lo + 1, half)
+                maxes.insert(lo + 1, half[-1])
+            self._rebuild()
+        else:
+            maxes[b] = bucket[-1]
+            self._fenwick_add(b, -1)
+        return True
+
+    def rank(self, key: Key) -> int:
+        """Number of keys strictly less than ``key``."""
+        b = bisect_left(self._maxes, key)
+        if b == len(self._maxes):
+            return self._len
+        return self._prefix(b) + bisect_left(self._buckets[b], key)
+
+    def first(self) -> Key | None:
+        return self._buckets[0][0] if self._buckets else None
+
+    def __iter__(self) -> Iterator[Key]:
+        for bucket in self._buckets:
+            yield from bucket
+
+
+class _Queue:
+    __slots__ = (
+        "estimator",
+        "open",
+        "policy",
+        "ready_callback",
+        "ready_inbound",
+        "retry",
+        "serving",
+    )
+
+    def __init__(self, policy: QueuePolicy) -> None:
+        self.policy = policy
+        self.open = OrderIndex()
+        self.ready_inbound = OrderIndex()
+        self.ready_callback = OrderIndex()
+        self.retry: list[tuple[float, int, str]] = []
+        # Until the app tells us, assume one agent: EWT must be finite at start-up.
+        self.serving = 1
+        self.estimator = DequeueEstimator(policy.ewt_alpha, policy.initial_dequeue_interval)
+
+    def ready_for(self, kind: Kind) -> OrderIndex:
+        return self.ready_inbound if kind is Kind.INBOUND else self.ready_callback
+
+
+class QueueEngine:
+    def __init__(self, policies: Iterable[QueuePolicy], clock: Clock) -> None:
+        self._clock = clock
+        self._queues: dict[str, _Queue] = {}
+        for policy in policies:
+            if policy.name in self._queues:
+                raise ValueError(f"queue {policy.name} defined twice")
+            self._queues[policy.name] = _Queue(policy)
+        self._items: dict[str, WorkItem] = {}  # open items only
+        self._closed: OrderedDict[str, WorkItem] = OrderedDict()
+        self._callbacks: dict[tuple[str, str], str] = {}  # R12: open callback per number
+        self._expiry: list[tuple[float, int, str]] = []
+        self._changed: dict[str, WorkItem] = {}  # insertion-ordered set of dirty items
+        self._seq = 0
+
+    # ------------------------------------------------------------------ reading
+
+    def queue_names(self) -> list[str]:
+        return list(self._queues)
+
+    def policy(self, queue: str) -> QueuePolicy:
+        return self._queue(queue).policy
+
+    def get(self, item_id: str) -> WorkItem:
+        item = self._items.get(item_id) or self._closed.get(item_id)
+        if item is None:
+            raise UnknownItem(item_id)
+        return item
+
+    def position(self, item_id: str) -> int:
+        """1-based among the queue's open items: live callers and callbacks, eligible or
+        not, offered or dialling (a callback waiting out a retry keeps its place)."""
+        item = self.get(item_id)
+        if not item.is_open:
+            raise InvalidTransition(item, "get the position of", "item is closed")
+        return self._queues[item.queue].open.rank(item.key) + 1
+
+    def items(self, queue: str) -> list[WorkItem]:
+        q = self._queue(queue)
+        return [self._items[key[2]] for key in q.open]
+
+    def open_items(self) -> list[WorkItem]:
+        return list(self._items.values())
+
+    def waiting_count(self, queue: str) -> int:
+        """R2's "waiting work items": every open item, live or callback."""
+        return len(self._queue(queue).open)
+
+    def open_callback_for(self, queue: str, number: str) -> WorkItem | None:
+        self._queue(queue)
+        norm = normalize(number)
+        if norm is None:
+            return None
+        item_id = self._callbacks.get((queue, norm))
+        return self._items[item_id] if item_id is not None else None
+
+    def ewt(self, queue: str, position: int | None = None) -> float:
+        """R16. ``position=None``: the wait a new arrival would have (count + 1).
+        ``math.inf`` when no agent serves the queue."""
+        q = self._queue(queue)
+        if position is None:
+            position = len(q.open) + 1
+        return q.estimator.estimate(position, q.serving)
+
+    def in_overflow(self, queue: str) -> bool:
+        """R2, evaluated at each offer. Count: open items > max_waiting. EWT: the wait of
+        the last item in the queue (position = count) > max_ewt — "the queue's" EWT,
+        not the asking caller's, so callers near the head get offers too while the queue
+        as a whole is slow. Neither limit set: never in overflow."""
+        q = self._queue(queue)
+        policy = q.policy
+        count = len(q.open)
+        if policy.max_waiting is not None and count > policy.max_waiting:
+            return True
+        if policy.max_ewt is not None and count > 0:
+            return q.estimator.estimate(count, q.serving) > policy.max_ewt
+        return False
+
+    def ewt_errors(self, queue: str) -> list[tuple[float, float]]:
+        """(predicted, actual) wait per dequeued item, latest last (bounded)."""
+        return list(self._queue(queue).estimator.errors)
+
+    def per_agent_dequeue_interval(self, queue: str) -> float:
+        return self._queue(queue).estimator.per_agent_interval
+
+    def serving_agents(self, queue: str) -> int:
+        return self._queue(queue).serving
+
+    # ------------------------------------------------------------------ configuration
+
+    def set_serving_agents(self, queue: str, n: int) -> None:
+        if n < 0:
+            raise ValueError("serving agents must be >= 0")
+        self._queue(queue).serving = n
+
+    def set_policy(self, policy: QueuePolicy) -> None:
+        """Replace a queue's policy (config reload) or add a queue. Items keep their
+        places; new limits apply from the next decision."""
+        q = self._queues.get(policy.name)
+        if q is None:
+            self._queues[policy.name] = _Queue(policy)
+            return
+        q.policy = policy
+        q.estimator.alpha = policy.ewt_alpha
+
+    # ------------------------------------------------------------------ arrivals
+
+    def arrive(self, queue: str, *, channel_id: str, number: str | None) -> WorkItem:
+        """A live inbound caller enters the queue (R1)."""
+        q = self._queue(queue)
+        now = self._clock.now()
+        item = WorkItem(
+            id=new_item_id(),
+            queue=queue,
+            kind=Kind.INBOUND,
+            state=State.WAITING,
+            arrived_at=now,
+            seq=self._next_seq(),
+            number=number,
+            channel_id=channel_id,
+            next_eligible_at=now,
+            created_at=now,
+            updated_at=now,
+        )
+        self._insert(q, item)
+        q.ready_inbound.add(item.key)
+        item.predicted_wait = q.estimator.estimate(q.open.rank(item.key) + 1, q.serving)
+        self._record(item, "arrived", channel=channel_id)
+        return item
+
+    def add_callback(self, queue: str, number: str, *, arrived_at: float | None = None) -> WorkItem:
+        """A callback requested from outside (web form). Raises DuplicateCallback (R12)
+        and ValueError for a number that is not a phone number or a future arrival.
+        The number guard (R13) is the caller's business: it knows the queue's patterns."""
+        q = self._queue(queue)
+        norm = normalize(number)
+        if norm is None:
+            raise ValueError("not a phone number")
+        self._check_duplicate(queue, norm)
+        now = self._clock.now()
+        at = now if arrived_at is None else arrived_at
+        if at > now:
+            raise ValueError("arrived_at is in the future")
+        item = WorkItem(
+            id=new_item_id(),
+            queue=queue,
+            kind=Kind.CALLBACK,
+            state=State.CALLBACK_PENDING,
+            arrived_at=at,
+            seq=self._next_seq(),
+            number=norm,
+            next_eligible_at=now,
+            created_at=now,
+            updated_at=now,
+            expires_at=now + q.policy.expire_after,
+        )
+        self._insert(q, item)
+        item.predicted_wait = q.estimator.estimate(q.open.rank(item.key) + 1, q.serving)
+        self._enter_pending(q, item, now)
+        self._callbacks[(queue, norm)] = item.id
+        heapq.heappush(self._expiry, (item.expires_at or now, item.seq, item.id))
+        self._record(item, "callback_requested")
+        return item
+
+    def convert_to_callback(self, item_id: str, number: str) -> WorkItem:
+        """R6: a waiting caller pressed 1. Same item, same (arrived_at, seq): exactly the
+        same place. Only from WAITING: once an agent is being rung (OFFERED) the caller is
+        about to be connected, so the request is refused rather than pulling the offer.
+        """
+        item = self._open_item(item_id, "convert")
+        if item.kind is not Kind.INBOUND or item.state is not State.WAITING:
+            raise InvalidTransition(item, "convert", "only a waiting live caller converts")
+        norm = normalize(number)
+        if norm is None:
+            raise ValueError("not a phone number")
+        self._check_duplicate(item.queue, norm)
+        q = self._queues[item.queue]
+        now = self._clock.now()
+        q.ready_inbound.discard(item.key)
+        item.kind = Kind.CALLBACK
+        item.state = State.CALLBACK_PENDING
+        item.number = norm
+        item.channel_id = None
+        item.next_eligible_at = now
+        item.expires_at = now + q.policy.expire_after
+        self._enter_pending(q, item, now)
+        self._callbacks[(item.queue, norm)] = item.id
+        heapq.heappush(self._expiry, (item.expires_at, item.seq, item.id))
+        self._record(item, "converted_to_callback")
+        return item
+
+    # ------------------------------------------------------------------ dispatch
+
+    def dispatch(
+        self,
+        free_agents: Mapping[str, Collection[str]],
+        *,
+        callback_queues: Collection[str] | None = None,
+    ) -> list[tuple[str, WorkItem]]:
+        """Offer work to free agents (R7, R9, R11). ``free_agents``: agent id -> queues
+        it serves, in priority order (longest idle first). Each agent gets at most one
+        item: the earliest-arrived eligible one across its queues. Returns the offers made
+        (items are now OFFERED to that agent).
+
+        An agent is not offered an item it declined (or let time out) while some other
+        agent in ``free_agents`` serves that queue and has not declined it (R7); with no
+        such agent it gets the item again rather than leaving it unserved.
+        ``callback_queues``: queues whose callbacks may be dialled now (R14 business
+        hours); None = all. Live callers are offered regardless.
+        """
+        now = self._clock.now()
+        # Free agents per queue, for the "could another agent take it" test.
+        serving_free: dict[str, list[str]] = {}
+        for agent, queues in free_agents.items():
+            for name in queues:
+                if name in self._queues:
+                    serving_free.setdefault(name, []).append(agent)
+        for name in serving_free:
+            self._promote_due(self._queues[name], now)
+
+        offers: list[tuple[str, WorkItem]] = []
+        for agent, queues in free_agents.items():
+            best: WorkItem | None = None
+            for name in dict.fromkeys(queues):  # dedupe, keep order
+                q = self._queues.get(name)
+                if q is None:
+                    continue
+                candidates = [q.ready_inbound]
+                if callback_queues is None or name in callback_queues:
+                    candidates.append(q.ready_callback)
+                for index in candidates:
+                    item = self._first_offerable(index, agent, serving_free[name])
+                    if item is not None and (best is None or item.key < best.key):
+                        best = item
+            if best is None:
+                continue
+            q = self._queues[best.queue]
+            q.ready_for(best.kind).discard(best.key)
+            best.state = State.OFFERED
+            best.offered_to = agent
+            self._record(best, "offered", agent=agent)
+            offers.append((agent, best))
+        return offers
+
+    def _first_offerable(
+        self, index: OrderIndex, agent: str, serving_free: list[str]
+    ) -> WorkItem | None:
+        for key in index:
+            item = self._items[key[2]]
+            if True:
+                return item
+            if not any(a != agent and a not in item.declined_by for a in serving_free):
+                return item
+        return None
+
+    def offer_declined(self, item_id: str, agent_id: str) -> WorkItem:
+        """R7: decline. Back to the same place, not an attempt (R10)."""
+        return self._offer_returned(item_id, agent_id, "declined")
+
+    def offer_timed_out(self, item_id: str, agent_id: str) -> WorkItem:
+        """R7/R9: no answer within preview/ring timeout; treated like a decline."""
+        return self._offer_returned(item_id, agent_id, "offer_timed_out")
+
+    def _offer_returned(self, item_id: str, agent_id: str, event: str) -> WorkItem:
+        item = self._open_item(item_id, event)
+        self._check_offered_to(item, agent_id, event)
+        q = self._queues[item.queue]
+        item.offered_to = None
+        item.declined_by.add(agent_id)
+        if item.kind is Kind.INBOUND:
+            item.state = State.WAITING
+            q.ready_inbound.add(item.key)
+        else:
+            item.state = State.CALLBACK_PENDING
+            self._enter_pending(q, item, self._clock.now())
+        self._record(item, event, agent=agent_id)
+        return item
+
+    # ------------------------------------------------------------------ outcomes
+
+    def connected(self, item_id: str, agent_id: str) -> WorkItem:
+        """R9: the agent answered a live caller. Dequeued. R12: an open callback for the
+        same (queue, number) is closed: the customer has been served."""
+        item = self._open_item(item_id, "connect")
+        if item.kind is not Kind.INBOUND:
+            raise InvalidTransition(item, "connect", "callbacks use dial_started")
+        self._check_offered_to(item, agent_id, "connect")
+        q = self._queues[item.queue]
+        now = self._clock.now()
+        self._close(q, item, State.CONNECTED)
+        self._dequeue_sample(q, item, now)
+        self._record(item, "connected", agent=agent_id)
+        if item.number is not None:
+            norm = normalize(item.number)
+            other_id = self._callbacks.get((item.queue, norm)) if norm else None
+            if other_id is not None:
+                other = self._items[other_id]
+                # A DIALLING callback is left alone: that call is already in progress
+                # and its outcome will close it.
+                if other.state in (State.CALLBACK_PENDING, State.OFFERED):
+                    self._withdraw_offer(q, other)
+                    self._close(q, other, State.CANCELLED)
+                    self._record(other, "cancelled", reason="served_inbound", by=item.id)
+        return item
+
+    def dial_started(self, item_id: str, agent_id: str) -> WorkItem:
+        """R8: the agent accepted a callback; we dial. Counts as an attempt (R10)."""
+        item = self._open_item(item_id, "start dialling")
+        if item.kind is not Kind.CALLBACK:
+            raise InvalidTransition(item, "start dialling", "not a callback")
+        self._check_offered_to(item, agent_id, "start dialling")
+        item.state = State.DIALLING
+        item.attempts += 1
+        self._record(item, "dial_started", agent=agent_id, attempt=str(item.attempts))
+        return item
+
+    def callback_connected(self, item_id: str) -> WorkItem:
+        """R8: the customer answered and is bridged to the agent: done."""
+        item = self._open_item(item_id, "connect callback")
+        if item.state is not State.DIALLING:
+            raise InvalidTransition(item, "connect callback", "not dialling")
+        q = self._queues[item.queue]
+        agent = item.offered_to or ""
+        now = self._clock.now()
+        self._close(q, item, State.DONE)
+        self._dequeue_sample(q, item, now)
+        self._record(item, "callback_connected", agent=agent)
+        return item
+
+    def dial_failed(self, item_id: str, reason: str) -> WorkItem:
+        """R10: busy / no answer / failed / not verified. Keeps its place, not eligible
+        for retry_interval; after max_attempts it closes as FAILED."""
+        item = self._open_item(item_id, "fail dial")
+        if item.state is not State.DIALLING:
+            raise InvalidTransition(item, "fail dial", "not dialling")
+        q = self._queues[item.queue]
+        now = self._clock.now()
+        if item.attempts >= q.policy.max_attempts:
+            self._close(q, item, State.FAILED)
+            self._record(item, "failed", reason=reason, attempts=str(item.attempts))
+        else:
+            item.offered_to = None
+            item.state = State.CALLBACK_PENDING
+            item.next_eligible_at = now + q.policy.retry_interval
+            self._enter_pending(q, item, now)
+            self._record(
+                item,
+                "dial_failed",
+                reason=reason,
+                attempts=str(item.attempts),
+                retry_at=repr(item.next_eligible_at),
+            )
+        return item
+
+    def abandon(self, item_id: str) -> WorkItem:
+        """The live caller hung up before being connected."""
+        item = self._open_item(item_id, "abandon")
+        if item.kind is not Kind.INBOUND:
+            raise InvalidTransition(item, "abandon", "not a live caller")
+        q = self._queues[item.queue]
+        self._withdraw_offer(q, item)
+        self._close(q, item, State.ABANDONED)
+        self._record(item, "abandoned")
+        return item
+
+    def cancel(self, item_id: str, reason: str = "cancelled") -> WorkItem:
+        """Supervisor / API cancel of any open item. If it was OFFERED or DIALLING, the
+        caller of this method owns telling the agent and hanging up that leg."""
+        item = self._open_item(item_id, "cancel")
+        q = self._queues[item.queue]
+        self._withdraw_offer(q, item)
+        self._close(q, item, State.CANCELLED)
+        self._record(item, "cancelled", reason=reason)
+        return item
+
+    def expire_due(self) -> list[WorkItem]:
+        """R14: open callbacks past expires_at close as EXPIRED. One being offered or
+        dialled right now is left to finish and expires at the next call if still open."""
+        now = self._clock.now()
+        expired: list[WorkItem] = []
+        deferred: list[tuple[float, int, str]] = []
+        heap = self._expiry
+        while heap and heap[0][0] <= now:
+            entry = heapq.heappop(heap)
+            item = self._items.get(entry[2])
+            if item is None or item.expires_at != entry[0]:
+                continue  # closed since, or a stale entry
+            if item.state is not State.CALLBACK_PENDING:
+                deferred.append(entry)
+                continue
+            q = self._queues[item.queue]
+            self._close(q, item, State.EXPIRED)
+            self._record(item, "expired")
+            expired.append(item)
+        for entry in deferred:
+            heapq.heappush(heap, entry)
+        return expired
+
+    # ------------------------------------------------------------------ persistence
+
+    def drain_changes(self) -> list[WorkItem]:
+        """Items mutated since the last drain, in first-change order. Hand them to the
+        store in the same synchronous step (``await store.save(engine.drain_changes())``)
+        so durable order follows mutation order."""
+        changed = list(self._changed.values())
+        self._changed.clear()
+        return changed
+
+    def restore(self, items: Iterable[WorkItem]) -> None:
+        """Rebuild from the store at start-up. Closed items are ignored. Offers and
+        dials in flight died with the old process: OFFERED returns to its waiting state
+        and DIALLING to CALLBACK_PENDING, eligible now (the attempt stays counted — the
+        customer's phone may have rung). Those repairs are recorded and drained."""
+        now = self._clock.now()
+        for item in sorted(items, key=lambda i: (i.arrived_at, i.seq)):
+            self._seq = max(self._seq, item.seq + 1)
+            if not item.is_open:
+                continue
+            if item.id in self._items:
+                raise ValueError(f"work item {item.id} restored twice")
+            q = self._queues.get(item.queue)
+            if q is None:
+                # A queue removed from config: its items cannot be served; keep them
+                # visible by recreating the queue with default policy rather than
+                # silently dropping confirmed callbacks.
+                q = _Queue(QueuePolicy(name=item.queue))
+                self._queues[item.queue] = q
+            self._insert(q, item)
+            norm = normalize(item.number) if item.number else None
+            if item.kind is Kind.CALLBACK and norm is not None:
+                if (item.queue, norm) in self._callbacks:
+                    self._close(q, item, State.CANCELLED)
+                    self._record(item, "cancelled", reason="duplicate_on_restore")
+                    continue
+                self._callbacks[(item.queue, norm)] = item.id
+            if item.expires_at is not None:
+                heapq.heappush(self._expiry, (item.expires_at, item.seq, item.id))
+            if item.state is State.OFFERED:
+                agent = item.offered_to or ""
+                item.offered_to = None
+                item.state = State.WAITING if item.kind is Kind.INBOUND else State.CALLBACK_PENDING
+                self._record(item, "offer_lost_on_restart", agent=agent)
+            elif item.state is State.DIALLING:
+                item.offered_to = None
+                item.state = State.CALLBACK_PENDING
+                item.next_eligible_at = now
+                self._record(item, "dial_lost_on_restart")
+            if item.state is State.WAITING:
+                q.ready_inbound.add(item.key)
+            elif item.state is State.CALLBACK_PENDING:
+                self._enter_pending(q, item, now)
+
+    # ------------------------------------------------------------------ internals
+
+    def _queue(self, name: str) -> _Queue:
+        q = self._queues.get(name)
+        if q is None:
+            raise UnknownQueue(name)
+        return q
+
+    def _next_seq(self) -> int:
+        seq = self._seq
+        self._seq += 1
+        return seq
+
+    def _open_item(self, item_id: str, action: str) -> WorkItem:
+        item = self._items.get(item_id)
+        if item is not None:
+            return item
+        closed = self._closed.get(item_id)
+        if closed is not None:
+            raise InvalidTransition(closed, action, "item is closed")
+        raise UnknownItem(item_id)
+
+    def _check_offered_to(self, item: WorkItem, agent_id: str, action: str) -> None:
+        if item.state is not State.OFFERED:
+            raise InvalidTransition(item, action, "not offered")
+        if item.offered_to != agent_id:
+            raise InvalidTransition(item, action, f"offered to another agent, not {agent_id}")
+
+    def _check_duplicate(self, queue: str, number: str) -> None:
+        existing = self._callbacks.get((queue, number))
+        if existing is not None:
+            raise DuplicateCallback(self._items[existing])
+
+    def _insert(self, q: _Queue, item: WorkItem) -> None:
+        if not q.open:
+            q.estimator.queue_became_busy(self._clock.now())
+        q.open.add(item.key)
+        self._items[item.id] = item
+
+    def _enter_pending(self, q: _Queue, item: WorkItem, now: float) -> None:
+        """Make a CALLBACK_PENDING item dispatchable now, or park it until eligible."""
+        if item.next_eligible_at <= now:
+            q.ready_callback.add(item.key)
+        else:
+            heapq.heappush(q.retry, (item.next_eligible_at, item.seq, item.id))
+
+    def _promote_due(self, q: _Queue, now: float) -> None:
+        heap = q.retry
+        while heap and heap[0][0] <= now:
+            at, _, item_id = heapq.heappop(heap)
+            item = self._items.get(item_id)
+            # Stale entries (closed, re-parked with another time, offered) are skipped.
+            if (
+                item is not None
+                and item.state is State.CALLBACK_PENDING
+                and item.next_eligible_at == at
+            ):
+                q.ready_callback.add(item.key)
+
+    def _withdraw_offer(self, q: _Queue, item: WorkItem) -> None:
+        q.ready_for(item.kind).discard(item.key)
+
+    def _close(self, q: _Queue, item: WorkItem, state: State) -> None:
+        q.open.discard(item.key)
+        q.ready_for(item.kind).discard(item.key)
+        item.state = state
+        self._items.pop(item.id, None)
+        dedupe_key = (item.queue, item.number or "")
+        if item.kind is Kind.CALLBACK and self._callbacks.get(dedupe_key) == item.id:
+            del self._callbacks[dedupe_key]
+        self._closed[item.id] = item
+        if len(self._closed) > RECENTLY_CLOSED:
+            self._closed.popitem(last=False)
+
+    def _dequeue_sample(self, q: _Queue, item: WorkItem, now: float) -> None:
+        q.estimator.dequeued(now, q.serving)
+        if item.predicted_wait is not None and math.isfinite(item.predicted_wait):
+            q.estimator.record_error(item.predicted_wait, now - item.arrived_at)
+
+    def _record(self, item: WorkItem, event: str, **detail: str | None) -> None:
+        now = self._clock.now()
+        item.history.append(
+            HistoryEntry(now, event, {k: v for k, v in detail.items() if v is not None})
+        )
+        item.updated_at = now
+        self._changed[item.id] = item

@@ -1,0 +1,508 @@
+"""The agent's half (SPEC R7-R11, R14, R15): who is free, what they are offered, and the
+delivery of one work item to one agent's softphone.
+
+The dispatcher runs a pass whenever work or agents change (and once a second for retry
+and wrap-up timers): free, reachable agents, longest idle first, get one item each from
+the queue engine (R11). Each offer becomes an ``AgentLeg``: a session on the channel we
+originate to the agent's endpoint, which rings, previews, dials and bridges.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import uuid
+from dataclasses import dataclass
+from enum import StrEnum
+
+from ivr import ari
+from ivr.config import AgentConfig, QueueConfig
+from ivr.domain.items import Kind, State, WorkItem
+from ivr.domain.queues import QueueError
+from ivr.flows.caller import CallerSession, ask_connect
+from ivr.flows.context import FlowContext
+from ivr.flows.session import ChannelSession, Hangup, Message
+from ivr.flows.switchboard import Switchboard
+
+log = logging.getLogger("ivr.flows.agents")
+
+# Asterisk hang-up causes on an originated leg that never answered (Q.850).
+CAUSE_BUSY = 17
+CAUSE_REJECTED = 21
+CAUSE_NO_ANSWER = (18, 19)
+
+# Extra seconds past an originate timeout before we give up on Asterisk telling us.
+GRACE = 5.0
+
+
+class AgentStatus(StrEnum):
+    OFFLINE = "offline"
+    AVAILABLE = "available"
+    RINGING = "ringing"
+    PREVIEWING = "previewing"
+    BUSY = "busy"
+    WRAP_UP = "wrap_up"
+    NOT_READY = "not_ready"
+
+
+@dataclass
+class Agent:
+    cfg: AgentConfig
+    status: AgentStatus = AgentStatus.AVAILABLE
+    since: float = 0.0
+    reachable: bool = False
+    wrap_up_until: float = 0.0
+    item_id: str | None = None
+
+    @property
+    def free(self) -> bool:
+        return self.reachable and self.status == AgentStatus.AVAILABLE
+
+
+class Dispatcher:
+    def __init__(self, ctx: FlowContext, switchboard: Switchboard) -> None:
+        self.ctx = ctx
+        self.sb = switchboard
+        now = ctx.now()
+        self.agents = {a.id: Agent(a, since=now) for a in ctx.cfg.agents.values()}
+        self.by_endpoint = {a.endpoint: a.id for a in ctx.cfg.agents.values()}
+        self.legs: dict[str, AgentLeg] = {}  # work item id -> its delivery
+        self._wake = asyncio.Event()
+        self._task: asyncio.Task[None] | None = None
+        switchboard.on_other_event = self.on_event
+
+    # ------------------------------------------------------------------ agents
+
+    def set_status(self, agent: Agent, status: AgentStatus, item_id: str | None = None) -> None:
+        if agent.status != status:
+            log.info("[item=%s] agent %s: %s -> %s", (item_id or agent.item_id or "-")[:12],
+                     agent.cfg.id, agent.status, status)
+        agent.status = status
+        agent.since = self.ctx.now()
+        agent.item_id = item_id
+        self.kick()
+
+    def set_ready(self, agent_id: str, ready: bool) -> None:
+        """For the console/API: not-ready <-> available. Busy agents are left as they are."""
+        agent = self.agents[agent_id]
+        if ready and agent.status == AgentStatus.NOT_READY:
+            self.set_status(agent, AgentStatus.AVAILABLE)
+        elif not ready and agent.status == AgentStatus.AVAILABLE:
+            self.set_status(agent, AgentStatus.NOT_READY)
+
+    def wrap_up(self, agent: Agent, queue: QueueConfig) -> None:
+        if queue.wrap_up > 0:
+            agent.wrap_up_until = self.ctx.now() + queue.wrap_up
+            self.set_status(agent, AgentStatus.WRAP_UP)
+        else:
+            self.set_status(agent, AgentStatus.AVAILABLE)
+
+    async def on_connect(self) -> None:
+        """R15: endpoint reachability. Read once per connect, then follow the events."""
+        for agent in self.agents.values():
+            tech, _, resource = agent.cfg.endpoint.partition("/")
+            try:
+                ep = await self.ctx.ari.get_endpoint(tech, resource)
+                await self.ctx.ari.subscribe_endpoint(tech, resource)
+            except ari.AriError as exc:
+                log.error("agent %s: endpoint %s unusable: %s", agent.cfg.id,
+                          agent.cfg.endpoint, exc)
+                agent.reachable = False
+                continue
+            self._reachability(agent, ep.state)
+        self.kick()
+
+    def on_event(self, ev: ari.Event) -> None:
+        if isinstance(ev, ari.EndpointStateChange):
+            agent_id = self.by_endpoint.get(ev.endpoint.name)
+            if agent_id is not None:
+                self._reachability(self.agents[agent_id], ev.endpoint.state)
+                self.kick()
+
+    def _reachability(self, agent: Agent, state: str) -> None:
+        # "unknown": a static contact that is not qualified; it may well answer.
+        reachable = state in ("online", "unknown")
+        if reachable != agent.reachable:
+            log.info("agent %s endpoint %s", agent.cfg.id, state)
+        agent.reachable = reachable
+        if not reachable and agent.status == AgentStatus.AVAILABLE:
+            self.set_status(agent, AgentStatus.OFFLINE)
+        elif reachable and agent.status == AgentStatus.OFFLINE:
+            self.set_status(agent, AgentStatus.AVAILABLE)
+
+    # ------------------------------------------------------------------ passes
+
+    def kick(self) -> None:
+        self._wake.set()
+
+    def item_closed(self, item: WorkItem) -> None:
+        """A live caller left (hang-up, callback): cancel a ringing agent leg for it."""
+        leg = self.legs.get(item.id)
+        if leg is not None:
+            leg.deliver(Message("cancel"))
+        self.kick()
+
+    def start(self) -> None:
+        self._task = asyncio.create_task(self._loop(), name="dispatcher")
+
+    async def close(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+
+    async def _loop(self) -> None:
+        while True:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._wake.wait(), 1.0)
+            self._wake.clear()
+            try:
+                await self.dispatch_pass()
+            except Exception:
+                log.exception("dispatch pass failed")
+
+    async def dispatch_pass(self) -> None:
+        now = self.ctx.now()
+        engine = self.ctx.engine
+        expired = engine.expire_due()
+        if expired:
+            await self.ctx.commit()
+            self.ctx.counters.inc("expired", len(expired))
+        for agent in self.agents.values():
+            if agent.status == AgentStatus.WRAP_UP and agent.wrap_up_until <= now:
+                self.set_status(agent, AgentStatus.AVAILABLE)
+        for name in self.ctx.cfg.queues:
+            serving = sum(1 for a in self.agents.values()
+                          if name in a.cfg.queues and a.reachable
+                          and a.status != AgentStatus.NOT_READY)
+            engine.set_serving_agents(name, serving)
+        free = sorted((a for a in self.agents.values() if a.free), key=lambda a: a.since)
+        if not free:
+            return
+        open_for_callbacks = [
+            q.name for q in self.ctx.cfg.queues.values()
+            if q.hours is None or q.hours.is_open(now)
+        ]
+        offers = engine.dispatch(
+            {a.cfg.id: a.cfg.queues for a in free}, callback_queues=open_for_callbacks
+        )
+        if offers:
+            await self.ctx.commit()
+        for agent_id, item in offers:
+            agent = self.agents[agent_id]
+            self.set_status(agent, AgentStatus.RINGING, item.id)
+            leg = AgentLeg(self, agent, item)
+            self.legs[item.id] = leg
+            self.sb.register(leg)
+            self.sb.start(leg)
+
+
+class AgentLeg(ChannelSession):
+    """One offer of one work item to one agent: ring, (preview,) connect, tear down.
+
+    The customer leg of a callback routes its events into this same inbox, so the whole
+    conversation is one ordered script; only our own channel's end raises ``Hangup``.
+    """
+
+    def __init__(self, dispatcher: Dispatcher, agent: Agent, item: WorkItem) -> None:
+        super().__init__(dispatcher.ctx.ari, uuid.uuid4().hex, log)
+        self.d = dispatcher
+        self.ctx = dispatcher.ctx
+        self.agent = agent
+        self.item = item
+        q = self.ctx.queue(item.queue)
+        assert q is not None
+        self.q = q
+        self.extra["item"] = item.id[:12]
+        self.answered = False
+        self.bridge_id: str | None = None
+        self.peer_id: str | None = None  # the caller's or the customer's channel
+        self.customer_id: str | None = None  # a callback's customer leg (routed to us)
+
+    # ------------------------------------------------------------------ top level
+
+    async def run(self) -> None:
+        outcome = "failed"
+        try:
+            if self.item.kind == Kind.INBOUND:
+                outcome = await self.deliver_inbound()
+            else:
+                outcome = await self.deliver_callback()
+        except Hangup:
+            outcome = await self.agent_hung_up()
+        finally:
+            await self.teardown()
+            self.d.legs.pop(self.item.id, None)
+            if self.customer_id is not None:
+                self.d.sb.sessions.pop(self.customer_id, None)
+            self.finish(outcome)
+
+    def finish(self, outcome: str) -> None:
+        """The agent's next state: not-ready when silent, wrap-up after a conversation."""
+        status = self.agent.status
+        if outcome == "silent":
+            self.d.set_status(self.agent, AgentStatus.NOT_READY)
+        elif outcome == "talked":
+            self.d.wrap_up(self.agent, self.q)
+        elif status in (AgentStatus.RINGING, AgentStatus.PREVIEWING, AgentStatus.BUSY):
+            self.d.set_status(self.agent, AgentStatus.AVAILABLE)
+        self.d.kick()
+
+    async def return_offer(self, timed_out: bool) -> None:
+        engine = self.ctx.engine
+        try:
+            if timed_out:
+                engine.offer_timed_out(self.item.id, self.agent.cfg.id)
+            else:
+                engine.offer_declined(self.item.id, self.agent.cfg.id)
+        except QueueError as exc:  # closed meanwhile (caller hung up): nothing to return
+            self.log.info("offer not returned: %s", exc)
+            return
+        await self.ctx.commit()
+        self.ctx.counters.inc("offer_timeouts" if timed_out else "declines")
+
+    async def ring_agent(self, caller_id: str, work_type: str) -> str:
+        """Originate to the agent's endpoint and wait for the answer. Returns "answered",
+        "silent" (no answer in time), "declined" (busy/rejected) or "cancelled"."""
+        variables = {"PJSIP_HEADER(add,X-Work-Type)": work_type,
+                     "PJSIP_HEADER(add,X-Work-Item)": self.item.id}
+        try:
+            await self.ari.originate(
+                self.agent.cfg.endpoint, app_args=f"agent,{self.item.id}", caller_id=caller_id,
+                timeout=self.q.ring_timeout, variables=variables, channel_id=self.channel_id,
+            )
+        except ari.AriError as exc:
+            self.log.error("cannot ring agent %s: %s", self.agent.cfg.id, exc)
+            self.gone = True
+            return "silent"
+        deadline = self.ctx.now() + self.q.ring_timeout + GRACE
+        while True:
+            try:
+                ev = await self.next(deadline)
+            except Hangup:
+                return self._unanswered_cause()
+            if ev is None:
+                return "silent"
+            if isinstance(ev, ari.StasisStart) and ev.channel.id == self.channel_id:
+                self.answered = True
+                return "answered"
+            if isinstance(ev, ari.ChannelDestroyed | ari.ChannelHangupRequest) and \
+                    ev.channel_id == self.channel_id:
+                self.last_cause = ev.cause
+            if isinstance(ev, Message) and ev.kind == "cancel":
+                return "cancelled"
+
+    last_cause = 0
+
+    def _unanswered_cause(self) -> str:
+        return "declined" if self.last_cause in (CAUSE_BUSY, CAUSE_REJECTED) else "silent"
+
+    async def next(self, deadline: float | None = None) -> ari.Event | Message | None:
+        ev = await super().next(deadline)
+        if isinstance(ev, ari.ChannelDestroyed) and ev.channel_id == self.channel_id:
+            self.last_cause = ev.cause
+        return ev
+
+    # ------------------------------------------------------------------ inbound (R9)
+
+    async def deliver_inbound(self) -> str:
+        caller = self.d.sb.sessions.get(self.item.channel_id or "")
+        if not isinstance(caller, CallerSession):
+            await self.return_offer(timed_out=False)
+            return "cancelled"
+        name = caller.channel.caller_name or (self.item.number or "")
+        caller_id = f'"{name}" <{self.item.number or "anonymous"}>'
+        answer = await self.ring_agent(caller_id, "inbound")
+        if answer != "answered":
+            if answer != "cancelled":
+                await self.return_offer(timed_out=answer == "silent")
+            return answer
+        if not await ask_connect(caller):
+            self.log.info("caller left as the agent answered")
+            return "cancelled"
+        self.peer_id = caller.channel_id
+        caller.peer = self
+        await self.bridge(caller.channel_id)
+        self.ctx.engine.connected(self.item.id, self.agent.cfg.id)
+        await self.ctx.commit()
+        self.ctx.counters.inc("inbound_connected")
+        self.d.set_status(self.agent, AgentStatus.BUSY, self.item.id)
+        await self.talk()
+        return "talked"
+
+    # ------------------------------------------------------------------ callback (R7, R8)
+
+    async def deliver_callback(self) -> str:
+        number = self.item.number or ""
+        answer = await self.ring_agent(f'"CALLBACK {number}" <{number}>', "callback")
+        if answer != "answered":
+            if answer != "cancelled":
+                await self.return_offer(timed_out=answer == "silent")
+            return answer
+        self.d.set_status(self.agent, AgentStatus.PREVIEWING, self.item.id)
+        choice = await self.preview()
+        if choice != "1":
+            await self.return_offer(timed_out=choice == "")
+            self.log.info("agent %s %s the callback", self.agent.cfg.id,
+                          "declined" if choice == "2" else "did not answer the preview of")
+            await self.hangup()
+            return "silent" if choice == "" else "declined"
+        self.ctx.engine.dial_started(self.item.id, self.agent.cfg.id)
+        await self.ctx.commit()
+        self.ctx.counters.inc("accepts")
+        self.d.set_status(self.agent, AgentStatus.BUSY, self.item.id)
+        result = await self.dial_customer(number)
+        if result != "answered":
+            failed = self.ctx.engine.dial_failed(self.item.id, result)
+            await self.ctx.commit()
+            self.ctx.counters.inc("callback_failures")
+            self.log.info("callback attempt %d failed: %s -> %s", failed.attempts, result,
+                          failed.state)
+            await self.quietly(self.ari.stop_ringing(self.channel_id))
+            with contextlib.suppress(Hangup):
+                await self.play_until([self.ctx.prompt(self.q, "callback_failed")])
+            await self.hangup()
+            return "declined"
+        await self.quietly(self.ari.stop_ringing(self.channel_id))
+        assert self.peer_id is not None
+        await self.bridge(self.peer_id)
+        self.ctx.engine.callback_connected(self.item.id)
+        await self.ctx.commit()
+        self.ctx.counters.inc("callbacks_connected")
+        await self.talk()
+        return "talked"
+
+    async def preview(self) -> str:
+        """R7: callback, the number, minutes waited; 1 accepts, 2 declines."""
+        minutes = max(0, round((self.ctx.now() - self.item.arrived_at) / 60))
+        media = [
+            self.ctx.prompt(self.q, "preview_intro"),
+            f"digits:{self.item.number or ''}",
+            self.ctx.prompt(self.q, "preview_waited"),
+            f"number:{minutes}",
+            self.ctx.prompt(self.q, "minutes"),
+            self.ctx.prompt(self.q, "preview_accept"),
+        ]
+        deadline = self.ctx.now() + self.q.preview_timeout
+        got = await self.play_until(media, {"1", "2"})
+        if isinstance(got, str) and got:
+            return got
+        ev = await self.wait_for(
+            lambda e: isinstance(e, ari.ChannelDtmfReceived) and e.digit in ("1", "2"),
+            deadline,
+        )
+        return ev.digit if isinstance(ev, ari.ChannelDtmfReceived) else ""
+
+    async def dial_customer(self, number: str) -> str:
+        """R8: originate to the customer through the trunk; the agent hears ringback.
+        Returns "answered", "busy", "noanswer", "failed" or "unverified"."""
+        customer_id = uuid.uuid4().hex
+        self.peer_id = self.customer_id = customer_id
+        self.d.sb.sessions[customer_id] = self  # its events come to this inbox
+        await self.quietly(self.ari.start_ringing(self.channel_id))
+        try:
+            await self.ari.originate(
+                self.ctx.cfg.outbound.dial.format(number=number),
+                app_args=f"customer,{self.item.id}",
+                caller_id=f'"{self.q.caller_id}" <{self.q.caller_id}>',
+                timeout=self.ctx.cfg.outbound.dial_timeout,
+                channel_id=customer_id,
+                variables={"PJSIP_HEADER(add,X-Work-Item)": self.item.id},
+            )
+        except ari.AriError as exc:
+            self.log.error("callback originate failed: %s", exc)
+            return "failed"
+        self.ctx.counters.inc("dials")
+        deadline = self.ctx.now() + self.ctx.cfg.outbound.dial_timeout + GRACE
+        dialstatus = ""
+        while True:
+            ev = await self.next(deadline)
+            if ev is None:
+                await self.hangup_peer()
+                return "noanswer"
+            if isinstance(ev, ari.Dial) and ev.peer.id == customer_id and ev.dialstatus:
+                dialstatus = ev.dialstatus
+            if isinstance(ev, ari.ChannelDestroyed | ari.StasisEnd) and \
+                    ev.channel_id == customer_id:
+                cause = ev.cause if isinstance(ev, ari.ChannelDestroyed) else 0
+                if dialstatus == "BUSY" or cause == CAUSE_BUSY:
+                    return "busy"
+                if cause in CAUSE_NO_ANSWER or dialstatus in ("NOANSWER", "RINGING"):
+                    return "noanswer"
+                return "failed"
+            if isinstance(ev, ari.StasisStart) and ev.channel.id == customer_id:
+                if self.q.verify_customer and not await self.verify():
+                    await self.hangup_peer()
+                    return "unverified"
+                return "answered"
+
+    async def verify(self) -> bool:
+        """R8 option: the customer confirms with 1, so agents never talk to voicemail."""
+        assert self.peer_id is not None
+        playback_id = uuid.uuid4().hex
+        with contextlib.suppress(ari.AriNotFound, ari.AriConflict):
+            await self.ari.play(self.peer_id, [self.ctx.prompt(self.q, "verify_customer")],
+                                playback_id=playback_id)
+        deadline = self.ctx.now() + self.q.preview_timeout
+        while True:
+            ev = await self.next(deadline)
+            if ev is None:
+                return False
+            if isinstance(ev, ari.ChannelDtmfReceived) and ev.channel_id == self.peer_id \
+                    and ev.digit == "1":
+                with contextlib.suppress(ari.AriNotFound, ari.AriConflict):
+                    await self.ari.stop_playback(playback_id)
+                return True
+            if isinstance(ev, ari.StasisEnd | ari.ChannelDestroyed) and \
+                    ev.channel_id == self.peer_id:
+                return False
+
+    # ------------------------------------------------------------------ conversation
+
+    async def bridge(self, peer_id: str) -> None:
+        self.bridge_id = await self.ari.create_bridge()
+        await self.ari.add_to_bridge(self.bridge_id, [self.channel_id, peer_id])
+
+    async def talk(self) -> None:
+        """Until either side hangs up; then the other side is hung up too."""
+        while True:
+            ev = await self.next()
+            if isinstance(ev, Message) and ev.kind == "peer_gone":
+                return
+            if isinstance(ev, ari.StasisEnd | ari.ChannelDestroyed) and \
+                    ev.channel_id == self.peer_id:
+                return
+
+    async def agent_hung_up(self) -> str:
+        """Our (agent) channel ended. Before the answer: unanswered; in preview: a
+        silent agent; while dialling: the attempt fails; in conversation: done."""
+        engine = self.ctx.engine
+        item = engine.get(self.item.id)
+        if not self.answered:
+            await self.return_offer(timed_out=self._unanswered_cause() == "silent")
+            return self._unanswered_cause()
+        if item.state == State.OFFERED:
+            await self.return_offer(timed_out=False)
+            return "declined"
+        if item.state == State.DIALLING:
+            engine.dial_failed(self.item.id, "agent_hangup")
+            await self.ctx.commit()
+            return "declined"
+        return "talked"
+
+    async def hangup_peer(self) -> None:
+        if self.peer_id is not None:
+            with contextlib.suppress(ari.AriNotFound, ari.AriConflict):
+                await self.ari.hangup(self.peer_id)
+
+    async def teardown(self) -> None:
+        """Nothing left in a bridge or half-up: hang up both legs, destroy the bridge."""
+        with contextlib.suppress(ari.AriError):
+            await self.hangup_peer()
+        if not self.gone:
+            with contextlib.suppress(ari.AriError):
+                await self.ari.hangup(self.channel_id)
+        if self.bridge_id is not None:
+            with contextlib.suppress(ari.AriError):
+                await self.ari.destroy_bridge(self.bridge_id)

@@ -1,0 +1,336 @@
+"""The caller's half of direct callback (SPEC R1-R6, R12, R13), one session per channel.
+
+Reads top to bottom like the source document: answer and queue with music on hold; at
+``first_offer_after`` and then every ``repeat_offer_every``, while the queue is in
+overflow, stop the music and play the offer; on 1 (barge-in or any time after the first
+offer) commit the callback, play the confirmation and hang up. The work item keeps its
+original arrival time, so its place in the queue does not move.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import re
+
+from ivr import ari
+from ivr.config import QueueConfig
+from ivr.domain.items import State, WorkItem
+from ivr.domain.queues import DuplicateCallback, InvalidTransition
+from ivr.flows.context import FlowContext
+from ivr.flows.session import ChannelSession, Hangup, Message
+
+log = logging.getLogger("ivr.flows.caller")
+
+# Dialled into the alternate-number prompt: digits end with '#', or after this long.
+ENTRY_TIMEOUT = 10.0
+MAX_ENTRY_TRIES = 3
+
+OPEN_LIVE = (State.WAITING, State.OFFERED)
+
+
+def _withheld(channel: ari.Channel) -> str | None:
+    """The caller's number, or None when anonymous/withheld (R13 refuses those)."""
+    num = channel.caller_number.strip()
+    if not num or not re.fullmatch(r"\+?[0-9]{3,20}", num):
+        return None
+    return num
+
+
+class CallerSession(ChannelSession):
+    """One inbound caller waiting in a queue."""
+
+    def __init__(
+        self,
+        ctx: FlowContext,
+        channel: ari.Channel,
+        queue_name: str,
+        item: WorkItem | None = None,
+    ) -> None:
+        super().__init__(ctx.ari, channel.id, log)
+        self.ctx = ctx
+        self.channel = channel
+        self.queue_name = queue_name
+        self.item = item
+        self.moh_on = False
+        self.offered = False
+        #: set when an agent leg takes this caller over (bridged); the agent flow owns it then
+        self.connected = False
+        #: the agent leg we are bridged with, told when we hang up
+        self.peer: ChannelSession | None = None
+
+    # ------------------------------------------------------------------ top level
+
+    async def run(self) -> None:
+        try:
+            q = self.ctx.queue(self.queue_name)
+            if q is None:
+                await self.refuse_unknown_queue()
+                return
+            await self.join_queue(q)
+            await self.wait_in_queue(q)
+        except Hangup:
+            await self.left()
+        finally:
+            self.ended.set()
+
+    async def refuse_unknown_queue(self) -> None:
+        self.log.error("Stasis argument names no configured queue: %r; hanging up politely",
+                       self.queue_name)
+        self.ctx.counters.inc("unknown_queue")
+        await self.quietly(self.ari.answer(self.channel_id))
+        await self.play_until([self.ctx.prompt(None, "unavailable")])
+        await self.hangup()
+
+    async def join_queue(self, q: QueueConfig) -> None:
+        """R1: answer, music on hold, a work item at the back of the queue."""
+        if self.item is None:
+            await self.quietly(self.ari.answer(self.channel_id))
+            self.item = self.ctx.engine.arrive(
+                q.name, channel_id=self.channel_id, number=_withheld(self.channel)
+            )
+            await self.ctx.commit()
+            self.ctx.counters.inc("arrivals")
+        self.extra["item"] = self.item.id[:12]
+        self.log.info("caller waiting in %s at position %d", q.name,
+                      self.ctx.engine.position(self.item.id))
+        await self.music(q, on=True)
+        self.ctx.on_work_changed()
+
+    async def left(self) -> None:
+        """The caller hung up. A live item leaves the queue (abandoned); a callback that
+        was committed before stays exactly where it is."""
+        item = self.item
+        if self.connected:
+            if self.peer is not None:
+                self.peer.deliver(Message("peer_gone"))
+            return
+        if item is None:
+            return
+        current = self.ctx.engine.get(item.id)
+        if current.state in OPEN_LIVE:
+            self.ctx.engine.abandon(item.id)
+            await self.ctx.commit()
+            self.ctx.counters.inc("abandoned")
+            self.ctx.on_item_closed(current)
+            self.log.info("caller hung up while waiting: abandoned")
+
+    # ------------------------------------------------------------------ waiting
+
+    async def wait_in_queue(self, q: QueueConfig) -> None:
+        """R3/R5: offers at first_offer_after, then every repeat_offer_every, until the
+        caller takes a callback, hangs up (``Hangup``) or an agent takes the call."""
+        assert self.item is not None
+        next_offer = self.item.arrived_at + q.first_offer_after
+        while True:
+            ev = await self.next(deadline=next_offer)
+            choice: str | Message | None = None
+            if ev is None:
+                now = self.ctx.now()
+                while next_offer <= now:
+                    next_offer += q.repeat_offer_every
+                if not self.may_offer(q):
+                    continue
+                choice = await self.offer(q)
+                if choice == "":
+                    await self.music(q, on=True)
+                    continue
+            elif isinstance(ev, Message) and ev.kind == "connect":
+                choice = ev
+            elif (
+                isinstance(ev, ari.ChannelDtmfReceived)
+                and self.offered
+                and (ev.digit == "1" or (ev.digit == "2" and q.alternate_number))
+            ):
+                # R5: after the first offer, a 1 at any time counts; other keys are ignored.
+                choice = ev.digit
+            if isinstance(choice, Message):
+                await self.hand_over(choice)
+                return
+            if choice in ("1", "2") and await self.choose_callback(q, choice):
+                return
+
+    async def choose_callback(self, q: QueueConfig, key: str) -> bool:
+        """The caller pressed 1 (own number) or 2 (another number). True when the call
+        is over (callback committed, or already scheduled); False to keep waiting."""
+        assert self.item is not None
+        number = self.item.number if key == "1" else await self.enter_alternate(q)
+        if key == "2" and number is None:
+            await self.music(q, on=True)
+            return False
+        return await self.take_callback(q, number)
+
+    def may_offer(self, q: QueueConfig) -> bool:
+        """R2 overflow, R13 number guard, R14 hours: checked at each offer time."""
+        assert self.item is not None
+        item = self.ctx.engine.get(self.item.id)
+        if item.state != State.WAITING:
+            return False  # being offered to an agent right now: about to be connected
+        if not self.ctx.engine.in_overflow(q.name):
+            return False
+        if q.hours is not None and q.stop_offers_before_close > 0:
+            now = self.ctx.now()
+            if q.hours.is_open(now) and q.hours.seconds_to_close(now) < q.stop_offers_before_close:
+                return False
+        if q.alternate_number:
+            return True  # a caller without a usable number may still give another one
+        reason = self.ctx.guards[q.name].check(item.number)
+        if reason is not None:
+            self.log.info("no callback offer: number refused (%s)", reason)
+            return False
+        return True
+
+    async def offer(self, q: QueueConfig) -> str | Message:
+        """Stop the music, play the offer; a 1 (or 2) barges in. An agent taking the
+        caller stops the offer at once."""
+        self.offered = True
+        self.ctx.counters.inc("offers")
+        await self.music(q, on=False)
+        media = [self.ctx.prompt(q, "offer")]
+        digits = {"1"}
+        if q.alternate_number:
+            media.append(self.ctx.prompt(q, "offer_alternate"))
+            digits.add("2")
+        self.log.info("callback offer played")
+        return await self.play_until(media, digits, on_message=lambda m: m.kind == "connect")
+
+    async def music(self, q: QueueConfig, *, on: bool) -> None:
+        # A playback stops MOH and Asterisk does not resume it (FACTS): we track it ourselves.
+        if on:
+            await self.quietly(self.ari.start_moh(self.channel_id, q.moh_class))
+        elif self.moh_on:
+            await self.quietly(self.ari.stop_moh(self.channel_id))
+        self.moh_on = on
+
+    # ------------------------------------------------------------------ press 1
+
+    async def take_callback(self, q: QueueConfig, number: str | None) -> bool:
+        """R6: commit the callback at the same place, then confirm and hang up.
+        Returns False when the caller has to keep waiting instead."""
+        assert self.item is not None
+        self.ctx.counters.inc("callback_requests")
+        if self.ctx.engine.get(self.item.id).state != State.WAITING:
+            # An agent is being rung for this caller right now: the agent leg wins.
+            self.log.info("key pressed while an agent is being rung; ignored")
+            return False
+        if number is None or self.ctx.guards[q.name].check(number) is not None:
+            # Pressed 1 without a number we may call (withheld): nothing to convert.
+            self.log.info("callback refused: no callable number")
+            await self.music(q, on=False)
+            await self.play_until([self.ctx.prompt(q, "invalid_number")])
+            await self.music(q, on=True)
+            return False
+        try:
+            item = self.ctx.engine.convert_to_callback(self.item.id, number)
+        except DuplicateCallback:
+            self.log.info("callback already scheduled for this number; caller told")
+            self.ctx.counters.inc("duplicates")
+            dup = self.ctx.engine.cancel(self.item.id, "duplicate")
+            await self.ctx.commit()
+            self.ctx.on_item_closed(dup)
+            await self.music(q, on=False)
+            await self.final_words(q, "already_scheduled")
+            return True
+        except InvalidTransition as exc:
+            self.log.warning("callback not taken: %s", exc)
+            return False
+        # R20: durable before the caller hears the confirmation.
+        await self.ctx.commit()
+        self.item = item
+        self.ctx.counters.inc("callbacks_committed")
+        self.log.info("callback committed at position %d", self.ctx.engine.position(item.id))
+        self.ctx.on_work_changed()
+        await self.music(q, on=False)
+        await self.final_words(q, "confirmation")
+        return True
+
+    async def final_words(self, q: QueueConfig, prompt_id: str) -> None:
+        """Play a last prompt to its end, then hang up. A hang-up meanwhile changes
+        nothing: what was committed stands."""
+        try:
+            await self.play_until([self.ctx.prompt(q, prompt_id)])
+        except Hangup:
+            return
+        await self.hangup()
+
+    # ------------------------------------------------------------------ press 2
+
+    async def enter_alternate(self, q: QueueConfig) -> str | None:
+        """R13: "press 2 to enter a different number", read back, same validation.
+        Three bad tries send the caller back to waiting."""
+        await self.music(q, on=False)
+        for _ in range(MAX_ENTRY_TRIES):
+            number = await self.collect_digits(q)
+            if number and self.ctx.guards[q.name].check(number) is None:
+                readback = [self.ctx.prompt(q, "number_readback"), f"digits:{number}",
+                            self.ctx.prompt(q, "confirm_number")]
+                answer = await self.play_until(readback, {"1", "2"})
+                if answer == "":
+                    ev = await self.wait_for(
+                        lambda e: isinstance(e, ari.ChannelDtmfReceived) and e.digit in "12",
+                        deadline=self.ctx.now() + ENTRY_TIMEOUT,
+                    )
+                    answer = ev.digit if isinstance(ev, ari.ChannelDtmfReceived) else ""
+                if answer == "1":
+                    return number
+                continue
+            await self.play_until([self.ctx.prompt(q, "invalid_number")])
+        await self.play_until([self.ctx.prompt(q, "back_to_queue")])
+        return None
+
+    async def collect_digits(self, q: QueueConfig) -> str:
+        digits: list[str] = []
+        first = await self.play_until(
+            [self.ctx.prompt(q, "enter_number")], set("0123456789#")
+        )
+        if isinstance(first, str) and first:
+            if first == "#":
+                return ""
+            digits.append(first)
+        deadline = self.ctx.now() + ENTRY_TIMEOUT
+        while len(digits) < 20:
+            ev = await self.next(deadline)
+            if ev is None:
+                break
+            if isinstance(ev, ari.ChannelDtmfReceived):
+                if ev.digit == "#":
+                    break
+                if ev.digit.isdigit():
+                    digits.append(ev.digit)
+                    deadline = self.ctx.now() + ENTRY_TIMEOUT
+        return "".join(digits)
+
+    # ------------------------------------------------------------------ agent takes over
+
+    async def hand_over(self, msg: Message) -> None:
+        """R3/R9: connected to an agent. Stop whatever plays, then let the agent leg
+        bridge us; from here the agent flow owns this channel's fate."""
+        assert msg.reply is not None
+        self.connected = True
+        if self.moh_on:
+            await self.quietly(self.ari.stop_moh(self.channel_id))
+            self.moh_on = False
+        if not msg.reply.done():
+            msg.reply.set_result(True)
+        # Stay alive only to notice the hang-up (the agent flow watches ``ended``).
+        while True:
+            await self.next()
+
+
+def refuse_connect(msg: Message) -> None:
+    """Answer a connect request that arrived too late (the caller left or converted)."""
+    if msg.reply is not None and not msg.reply.done():
+        msg.reply.set_result(False)
+
+
+async def ask_connect(session: CallerSession, timeout: float = 5.0) -> bool:
+    """Ask a waiting caller's session to stop its prompts and hand over the channel."""
+    loop = asyncio.get_running_loop()
+    reply: asyncio.Future[bool] = loop.create_future()
+    if session.gone or session.ended.is_set():
+        return False
+    session.deliver(Message("connect", reply=reply))
+    try:
+        return await asyncio.wait_for(asyncio.shield(reply), timeout)
+    except TimeoutError:
+        return False

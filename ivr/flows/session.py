@@ -1,0 +1,147 @@
+"""What every per-channel flow shares: an ordered event inbox, deadlines, hang-up handling.
+
+A session owns one Asterisk channel. The switchboard routes that channel's ARI events
+(and our own internal messages) into ``inbox``; the session's task reads them in order
+with ``next()``. A channel leaving Stasis raises ``Hangup`` out of ``next()`` wherever
+the flow is, so every state handles it at the place it can happen (STYLE: "every path out
+of a state is handled where the state is").
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+import uuid
+from collections.abc import Awaitable, Callable, Collection, Sequence
+from dataclasses import dataclass, field
+from typing import Any, TypeVar
+
+from ivr import ari
+from ivr.ari import AriClient, AriConflict, AriNotFound
+
+T = TypeVar("T")
+
+
+class Hangup(Exception):
+    """The channel left Stasis (hung up, or gone while the app was away)."""
+
+
+@dataclass
+class Message:
+    """An internal message to a session (not from Asterisk)."""
+
+    kind: str
+    data: dict[str, Any] = field(default_factory=dict)
+    reply: asyncio.Future[bool] | None = None
+
+    @property
+    def channel_id(self) -> str:
+        return ""
+
+
+Item = ari.Event | Message
+
+
+class ItemLogger(logging.LoggerAdapter[logging.Logger]):
+    """Every log line carries the work item id (R19)."""
+
+    def process(self, msg: Any, kwargs: Any) -> tuple[Any, Any]:
+        extra = self.extra or {}
+        return f"[item={extra.get('item', '-')} chan={extra.get('chan', '-')}] {msg}", kwargs
+
+
+class ChannelSession:
+    """Base for caller, agent and customer legs."""
+
+    def __init__(self, client: AriClient, channel_id: str, log: logging.Logger) -> None:
+        self.ari = client
+        self.channel_id = channel_id
+        self.inbox: asyncio.Queue[Item] = asyncio.Queue()
+        self.gone = False
+        self.ended = asyncio.Event()
+        self.extra: dict[str, str] = {"item": "-", "chan": channel_id[-12:]}
+        self.log = ItemLogger(log, self.extra)
+        self.task: asyncio.Task[None] | None = None
+
+    async def run(self) -> None:
+        raise NotImplementedError
+
+    # ---- inbox
+
+    def deliver(self, item: Item) -> None:
+        self.inbox.put_nowait(item)
+
+    async def next(self, deadline: float | None = None) -> Item | None:
+        """The next event or message; ``None`` once ``deadline`` (wall time) passes.
+        Raises ``Hangup`` when the channel has left Stasis."""
+        if self.gone:
+            raise Hangup()
+        timeout = None if deadline is None else max(0.0, deadline - time.time())
+        try:
+            ev = await asyncio.wait_for(self.inbox.get(), timeout)
+        except TimeoutError:
+            return None
+        if isinstance(ev, ari.StasisEnd | ari.ChannelDestroyed):
+            self.gone = True
+            raise Hangup()
+        return ev
+
+    async def wait_for(
+        self, match: Callable[[Item], bool], deadline: float | None = None
+    ) -> Item | None:
+        """Skip events until one matches; ``None`` on deadline. Others are dropped: use
+        only where nothing else matters (e.g. waiting for the end of a final prompt)."""
+        while True:
+            ev = await self.next(deadline)
+            if ev is None or match(ev):
+                return ev
+
+    # ---- ARI calls that tolerate a vanished channel
+
+    async def quietly(self, call: Awaitable[T]) -> T | None:
+        """Run an ARI call on our channel; a 404/409 means it is gone or leaving Stasis,
+        which the StasisEnd in the inbox will tell the flow in order."""
+        try:
+            return await call
+        except (AriNotFound, AriConflict) as exc:
+            self.log.debug("channel call ignored: %s", exc)
+            return None
+
+    async def play(self, media: Sequence[str]) -> str:
+        """Start a playback with an id we choose, so its events can be matched at once."""
+        playback_id = uuid.uuid4().hex
+        await self.quietly(self.ari.play(self.channel_id, media, playback_id=playback_id))
+        return playback_id
+
+    async def stop_playback(self, playback_id: str) -> None:
+        with contextlib.suppress(AriNotFound, AriConflict):
+            await self.ari.stop_playback(playback_id)
+
+    async def play_until(
+        self,
+        media: Sequence[str],
+        digits: Collection[str] = (),
+        on_message: Callable[[Message], bool] | None = None,
+    ) -> str | Message:
+        """Play to the end or until one of ``digits`` (barge-in; the playback is stopped).
+        Returns the digit, ``""`` when the playback finished (or failed), or a message
+        for which ``on_message`` returned True (the playback is stopped then too)."""
+        playback_id = await self.play(media)
+        while True:
+            ev = await self.next()
+            if isinstance(ev, ari.PlaybackFinished) and ev.playback.id == playback_id:
+                if ev.playback.state == "failed":
+                    self.log.error("playback failed (missing prompt file?): %s", media)
+                return ""
+            if isinstance(ev, ari.ChannelDtmfReceived) and ev.digit in digits:
+                await self.stop_playback(playback_id)
+                return ev.digit
+            if isinstance(ev, Message) and on_message is not None and on_message(ev):
+                await self.stop_playback(playback_id)
+                return ev
+
+    async def hangup(self) -> None:
+        with contextlib.suppress(AriNotFound, AriConflict):
+            await self.ari.hangup(self.channel_id)

@@ -1,0 +1,435 @@
+"""Durable work items (SPEC R20, R21): one small interface, SQLite behind it for now.
+
+``save()`` returns only once the rows are committed with ``synchronous=FULL`` in WAL
+mode, i.e. fsynced: a flow awaits it before the caller hears "you have requested a
+callback", so a crash (even kill -9, even power loss on honest disks) loses no
+confirmed callback.
+
+Threading: sqlite3 blocks, the event loop must not. All database work runs on ONE
+worker thread that owns the connection, fed by a FIFO queue. While a commit (fsync) is
+running, new ``save()`` calls queue up; the worker then writes all of them in the next
+transaction and resolves each caller's future after that commit (group commit). FIFO
+also makes ``save([])`` a barrier: it resolves only after every save queued before it
+has committed — which is what a flow wants when another flow's ``drain_changes()``
+happened to carry its change.
+
+Rows are serialised in ``save()`` itself, on the event loop thread, so the engine may
+keep mutating the items while the write is in flight.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import os
+import queue
+import sqlite3
+import threading
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any, Protocol, TypeVar
+
+from ivr.domain.items import OPEN_STATES, HistoryEntry, Kind, State, WorkItem
+
+T = TypeVar("T")
+
+# Each entry moves the schema from version i to i + 1 (PRAGMA user_version). Append
+# only; never edit a released entry.
+MIGRATIONS: list[str] = [
+    """
+    CREATE TABLE items (
+        id               TEXT PRIMARY KEY,
+        queue            TEXT NOT NULL,
+        kind             TEXT NOT NULL,
+        state            TEXT NOT NULL,
+        arrived_at       REAL NOT NULL,
+        seq              INTEGER NOT NULL,
+        number           TEXT,
+        channel_id       TEXT,
+        attempts         INTEGER NOT NULL,
+        next_eligible_at REAL NOT NULL,
+        offered_to       TEXT,
+        declined_by      TEXT NOT NULL,
+        created_at       REAL NOT NULL,
+        updated_at       REAL NOT NULL,
+        expires_at       REAL,
+        predicted_wait   REAL
+    );
+    CREATE INDEX items_open ON items (arrived_at, seq)
+        WHERE state IN ('waiting', 'offered', 'callback_pending', 'dialling');
+    CREATE TABLE history (
+        item_id TEXT NOT NULL REFERENCES items (id),
+        idx     INTEGER NOT NULL,
+        at      REAL NOT NULL,
+        event   TEXT NOT NULL,
+        detail  TEXT NOT NULL,
+        PRIMARY KEY (item_id, idx)
+    ) WITHOUT ROWID;
+    CREATE TRIGGER history_no_update BEFORE UPDATE ON history
+        BEGIN SELECT RAISE(ABORT, 'history is append-only'); END;
+    CREATE TRIGGER history_no_delete BEFORE DELETE ON history
+        BEGIN SELECT RAISE(ABORT, 'history is append-only'); END;
+    """,
+]
+
+_OPEN_SQL = ", ".join(f"'{s.value}'" for s in sorted(OPEN_STATES))
+_ITEM_COLUMNS = (
+    "id, queue, kind, state, arrived_at, seq, number, channel_id, attempts, "
+    "next_eligible_at, offered_to, declined_by, created_at, updated_at, expires_at, "
+    "predicted_wait"
+)
+_UPSERT = (
+    f"INSERT INTO items ({_ITEM_COLUMNS}) VALUES ({', '.join('?' * 16)}) "
+    "ON CONFLICT (id) DO UPDATE SET queue = excluded.queue, kind = excluded.kind, "
+    "state = excluded.state, arrived_at = excluded.arrived_at, seq = excluded.seq, "
+    "number = excluded.number, channel_id = excluded.channel_id, "
+    "attempts = excluded.attempts, next_eligible_at = excluded.next_eligible_at, "
+    "offered_to = excluded.offered_to, declined_by = excluded.declined_by, "
+    "created_at = excluded.created_at, updated_at = excluded.updated_at, "
+    "expires_at = excluded.expires_at, predicted_wait = excluded.predicted_wait"
+)
+# OR IGNORE: a save that failed and is retried may resend entries already written.
+_INSERT_HISTORY = (
+    "INSERT OR IGNORE INTO history (item_id, idx, at, event, detail) VALUES (?, ?, ?, ?, ?)"
+)
+
+# Bound one transaction so a burst does not delay the first saver indefinitely.
+MAX_GROUP = 2000
+
+ItemRow = tuple[
+    str, str, str, str, float, int, str | None, str | None, int, float, str | None, str,
+    float, float, float | None, float | None,
+]  # fmt: skip
+HistoryRow = tuple[str, int, float, str, str]
+
+
+class StoreError(Exception):
+    pass
+
+
+class Store(Protocol):
+    async def save(self, items: Sequence[WorkItem]) -> None:
+        """Persist items (state and new history); returns once durable."""
+        ...
+
+    async def load_open(self) -> list[WorkItem]:
+        """Open items with their history, in queue order (arrived_at, seq)."""
+        ...
+
+    async def load(self, item_id: str) -> WorkItem | None: ...
+
+    async def close(self) -> None: ...
+
+
+@dataclass(slots=True)
+class _Save:
+    items: list[ItemRow]
+    history: list[HistoryRow]
+    loop: asyncio.AbstractEventLoop
+    future: asyncio.Future[None]
+    item_ids: list[str]
+
+
+@dataclass(slots=True)
+class _Call:
+    fn: Callable[[sqlite3.Connection], Any]
+    loop: asyncio.AbstractEventLoop
+    future: asyncio.Future[Any]
+
+
+_STOP = object()
+
+
+class SqliteStore:
+    """SQLite in WAL mode, ``synchronous=FULL``, one writer thread, group commit."""
+
+    def __init__(self, path: str | os.PathLike[str]) -> None:
+        # Use ``await SqliteStore.open(path)``: opening runs migrations on the worker.
+        self.path = os.fspath(path)
+        self._jobs: queue.SimpleQueue[_Save | _Call | object] = queue.SimpleQueue()
+        self._thread = threading.Thread(target=self._run, name="ivr-store", daemon=True)
+        self._closed = False
+        # History entries already sent, per item: only new entries are written. Touched
+        # on the event loop thread only.
+        self._history_sent: dict[str, int] = {}
+        self.commits = 0  # transactions committed (group commit makes this < saves)
+
+    @classmethod
+    async def open(cls, path: str | os.PathLike[str]) -> SqliteStore:
+        store = cls(path)
+        store._thread.start()
+        try:
+            await store._call(_init_db)
+        except BaseException:
+            await store.close()
+            raise
+        return store
+
+    # ---------------------------------------------------------------- public API
+
+    async def save(self, items: Sequence[WorkItem]) -> None:
+        if self._closed:
+            raise StoreError("store is closed")
+        loop = asyncio.get_running_loop()
+        rows: list[ItemRow] = []
+        history: list[HistoryRow] = []
+        ids: list[str] = []
+        for item in items:
+            rows.append(_item_row(item))
+            sent = self._history_sent.get(item.id, 0)
+            for idx in range(sent, len(item.history)):
+                entry = item.history[idx]
+                history.append(
+                    (item.id, idx, entry.at, entry.event, json.dumps(entry.detail, sort_keys=True))
+                )
+            if item.is_open:
+                self._history_sent[item.id] = len(item.history)
+            else:
+                # Closed items are not saved again in normal life; forget them so the map
+                # stays as small as the open set. A later save resends with OR IGNORE.
+                self._history_sent.pop(item.id, None)
+            ids.append(item.id)
+        future: asyncio.Future[None] = loop.create_future()
+        self._jobs.put(_Save(rows, history, loop, future, ids))
+        try:
+            await future
+        except BaseException:
+            # Unknown whether the rows made it: resend all history next time.
+            for item_id in ids:
+                self._history_sent.pop(item_id, None)
+            raise
+
+    async def load_open(self) -> list[WorkItem]:
+        items: list[WorkItem] = await self._call(_load_open)
+        for item in items:
+            self._history_sent[item.id] = len(item.history)
+        return items
+
+    async def load(self, item_id: str) -> WorkItem | None:
+        item: WorkItem | None = await self._call(lambda conn: _load_one(conn, item_id))
+        return item
+
+    async def close(self) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        self._jobs.put(_STOP)
+        await asyncio.to_thread(self._thread.join)
+
+    # ---------------------------------------------------------------- worker side
+
+    async def _call(self, fn: Callable[[sqlite3.Connection], T]) -> T:
+        if self._closed:
+            raise StoreError("store is closed")
+        loop = asyncio.get_running_loop()
+        future: asyncio.Future[T] = loop.create_future()
+        self._jobs.put(_Call(fn, loop, future))
+        return await future
+
+    def _run(self) -> None:
+        conn: sqlite3.Connection | None = None
+        pending: _Save | _Call | object | None = None
+        while True:
+            job = pending if pending is not None else self._jobs.get()
+            pending = None
+            if job is _STOP:
+                break
+            if isinstance(job, _Call):
+                try:
+                    if conn is None:
+                        conn = _connect(self.path)
+                    _resolve(job.loop, job.future, job.fn(conn), None)
+                except BaseException as exc:  # the caller gets every failure
+                    _resolve(job.loop, job.future, None, exc)
+                continue
+            assert isinstance(job, _Save)
+            batch = [job]
+            while len(batch) < MAX_GROUP:
+                try:
+                    nxt = self._jobs.get_nowait()
+                except queue.Empty:
+                    break
+                if isinstance(nxt, _Save):
+                    batch.append(nxt)
+                else:
+                    pending = nxt  # keep FIFO: run it right after this commit
+                    break
+            if conn is None:
+                err = StoreError("store not initialised")
+                for s in batch:
+                    _resolve(s.loop, s.future, None, err)
+                continue
+            self._commit(conn, batch)
+        if conn is not None:
+            conn.close()
+
+    def _commit(self, conn: sqlite3.Connection, batch: list[_Save]) -> None:
+        try:
+            _write(conn, batch)
+        except sqlite3.Error:
+            # One bad save must not fail its neighbours: retry each on its own.
+            for s in batch:
+                try:
+                    _write(conn, [s])
+                except sqlite3.Error as exc:
+                    _resolve(s.loop, s.future, None, StoreError(str(exc)))
+                else:
+                    self.commits += 1
+                    _resolve(s.loop, s.future, None, None)
+            return
+        self.commits += 1
+        for s in batch:
+            _resolve(s.loop, s.future, None, None)
+
+
+def _resolve(
+    loop: asyncio.AbstractEventLoop,
+    future: asyncio.Future[Any],
+    result: Any,
+    exc: BaseException | None,
+) -> None:
+    def settle() -> None:
+        if future.done():  # the awaiting task was cancelled
+            return
+        if exc is not None:
+            future.set_exception(exc)
+        else:
+            future.set_result(result)
+
+    # RuntimeError: the loop is closed, nobody is waiting any more.
+    with contextlib.suppress(RuntimeError):
+        loop.call_soon_threadsafe(settle)
+
+
+def _connect(path: str) -> sqlite3.Connection:
+    # isolation_level=None: we issue BEGIN/COMMIT ourselves, no implicit transactions.
+    conn = sqlite3.connect(path, isolation_level=None, check_same_thread=True)
+    mode = conn.execute("PRAGMA journal_mode=WAL").fetchone()[0]
+    if str(mode).lower() != "wal":
+        raise StoreError(f"{path}: cannot enable WAL (journal_mode={mode})")
+    # FULL: in WAL mode NORMAL may lose the last transactions on power loss; FULL
+    # fsyncs the WAL at every commit, which R20 needs.
+    conn.execute("PRAGMA synchronous=FULL")
+    conn.execute("PRAGMA foreign_keys=ON")
+    conn.execute("PRAGMA busy_timeout=5000")
+    return conn
+
+
+def _init_db(conn: sqlite3.Connection) -> None:
+    version = int(conn.execute("PRAGMA user_version").fetchone()[0])
+    if version > len(MIGRATIONS):
+        raise StoreError(
+            f"database schema version {version} is newer than this program "
+            f"({len(MIGRATIONS)}); refusing to touch it"
+        )
+    for target in range(version + 1, len(MIGRATIONS) + 1):
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            for statement in _split_sql(MIGRATIONS[target - 1]):
+                conn.execute(statement)
+            conn.execute(f"PRAGMA user_version = {target}")
+            conn.execute("COMMIT")
+        except BaseException:
+            conn.execute("ROLLBACK")
+            raise
+
+
+def _split_sql(script: str) -> list[str]:
+    """Split a migration into statements (sqlite3.complete_statement knows about
+    BEGIN...END in triggers); executescript() would commit on its own."""
+    statements: list[str] = []
+    current = ""
+    for line in script.splitlines(keepends=True):
+        current += line
+        if sqlite3.complete_statement(current):
+            statements.append(current.strip())
+            current = ""
+    if current.strip():
+        raise StoreError(f"incomplete SQL in migration: {current.strip()[:60]}")
+    return statements
+
+
+def _write(conn: sqlite3.Connection, batch: list[_Save]) -> None:
+    conn.execute("BEGIN IMMEDIATE")
+    try:
+        for s in batch:
+            conn.executemany(_UPSERT, s.items)
+            conn.executemany(_INSERT_HISTORY, s.history)
+        conn.execute("COMMIT")
+    except BaseException:
+        if conn.in_transaction:
+            conn.execute("ROLLBACK")
+        raise
+
+
+def _item_row(item: WorkItem) -> ItemRow:
+    return (
+        item.id,
+        item.queue,
+        item.kind.value,
+        item.state.value,
+        item.arrived_at,
+        item.seq,
+        item.number,
+        item.channel_id,
+        item.attempts,
+        item.next_eligible_at,
+        item.offered_to,
+        json.dumps(sorted(item.declined_by)),
+        item.created_at,
+        item.updated_at,
+        item.expires_at,
+        item.predicted_wait,
+    )
+
+
+def _from_row(row: sqlite3.Row | tuple[Any, ...], history: list[HistoryEntry]) -> WorkItem:
+    return WorkItem(
+        id=row[0],
+        queue=row[1],
+        kind=Kind(row[2]),
+        state=State(row[3]),
+        arrived_at=row[4],
+        seq=row[5],
+        number=row[6],
+        channel_id=row[7],
+        attempts=row[8],
+        next_eligible_at=row[9],
+        offered_to=row[10],
+        declined_by=set(json.loads(row[11])),
+        created_at=row[12],
+        updated_at=row[13],
+        expires_at=row[14],
+        predicted_wait=row[15],
+        history=history,
+    )
+
+
+def _load_open(conn: sqlite3.Connection) -> list[WorkItem]:
+    rows = conn.execute(
+        f"SELECT {_ITEM_COLUMNS} FROM items WHERE state IN ({_OPEN_SQL}) ORDER BY arrived_at, seq"
+    ).fetchall()
+    histories: dict[str, list[HistoryEntry]] = {row[0]: [] for row in rows}
+    if histories:
+        # One pass over history joined to the open set, rather than a query per item.
+        for item_id, at, event, detail in conn.execute(
+            "SELECT h.item_id, h.at, h.event, h.detail FROM history h "
+            f"JOIN items i ON i.id = h.item_id WHERE i.state IN ({_OPEN_SQL}) "
+            "ORDER BY h.item_id, h.idx"
+        ):
+            histories[item_id].append(HistoryEntry(at, event, json.loads(detail)))
+    return [_from_row(row, histories[row[0]]) for row in rows]
+
+
+def _load_one(conn: sqlite3.Connection, item_id: str) -> WorkItem | None:
+    row = conn.execute(f"SELECT {_ITEM_COLUMNS} FROM items WHERE id = ?", (item_id,)).fetchone()
+    if row is None:
+        return None
+    history = [
+        HistoryEntry(at, event, json.loads(detail))
+        for at, event, detail in conn.execute(
+            "SELECT at, event, detail FROM history WHERE item_id = ? ORDER BY idx", (item_id,)
+        )
+    ]
+    return _from_row(row, history)

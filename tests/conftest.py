@@ -1,0 +1,118 @@
+"""Shared fixtures for tests against a real Asterisk 22 (see ivr/sandbox.py).
+
+``asterisk`` (session): one sandboxed Asterisk for the whole run. Tests keep out of
+each other's way by using their own DID 7xxx (queue ``q7xxx``) and their own peers.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import AsyncIterator, Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from ivr import sandbox
+from ivr.sandbox import AsteriskInstance
+from tests.observer import AriObserver
+from tests.sip import SipCaller, SipCarrier, SipPhone
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+def start_asterisk(**kwargs: Any) -> AsteriskInstance:
+    """Provision (once) and start a sandboxed Asterisk; FAIL (never skip) if impossible."""
+    if os.geteuid() != 0:
+        pytest.fail(
+            "the real-Asterisk tests need root (chroot, mmdebstrap): run pytest as root",
+            pytrace=False,
+        )
+    try:
+        rootfs = sandbox.provision()
+        return sandbox.start(
+            rootfs,
+            config_src=REPO / "asterisk-config",
+            prompts_src=REPO / "prompts",
+            **kwargs,
+        )
+    except sandbox.SandboxError as exc:
+        pytest.fail(f"cannot run the sandboxed Asterisk: {exc}", pytrace=False)
+
+
+def finish_asterisk(inst: AsteriskInstance) -> None:
+    """Stop; keep the run dir (logs, config) only when IVR_KEEP_RUNS is set."""
+    if os.environ.get("IVR_KEEP_RUNS"):
+        inst.stop()
+    else:
+        inst.remove()
+
+
+@pytest.fixture(scope="session")
+def asterisk() -> Iterator[AsteriskInstance]:
+    inst = start_asterisk()
+    try:
+        yield inst
+    finally:
+        finish_asterisk(inst)
+
+
+@pytest.fixture
+async def ari_observer(asterisk: AsteriskInstance) -> AsyncIterator[AriObserver]:
+    """A second ARI app (``observer``, subscribeAll) that records every event."""
+    obs = AriObserver(asterisk)
+    await obs.start()
+    try:
+        yield obs
+    finally:
+        await obs.close()
+
+
+@pytest.fixture
+def sip_caller(asterisk: AsteriskInstance) -> Iterator[Callable[..., SipCaller]]:
+    """Factory: ``sip_caller(did, caller="5551234", digits=[(2.0, "1")], ...)``."""
+    made: list[SipCaller] = []
+
+    def make(did: str, **kwargs: Any) -> SipCaller:
+        c = SipCaller(asterisk, did, **kwargs)
+        made.append(c)
+        return c
+
+    yield make
+    for c in made:
+        c.stop()
+
+
+@pytest.fixture
+def sip_phone(asterisk: AsteriskInstance) -> Iterator[Callable[..., SipPhone]]:
+    """Factory: ``sip_phone("agent1", behaviours=CallBehaviour(...))`` (started)."""
+    made: list[SipPhone] = []
+
+    def make(agent: str, **kwargs: Any) -> SipPhone:
+        p = SipPhone(asterisk, agent, **kwargs)
+        made.append(p)
+        p.start()
+        return p
+
+    yield make
+    for p in made:
+        p.stop()
+
+
+@pytest.fixture
+def sip_carrier(asterisk: AsteriskInstance) -> Iterator[Callable[..., SipCarrier]]:
+    """Factory: ``sip_carrier(behaviours=CallBehaviour(answer_after=0.5))`` (started).
+
+    Only one carrier can listen on ``asterisk.carrier_port`` at a time.
+    """
+    made: list[SipCarrier] = []
+
+    def make(**kwargs: Any) -> SipCarrier:
+        c = SipCarrier(asterisk, **kwargs)
+        made.append(c)
+        c.start()
+        return c
+
+    yield make
+    for c in made:
+        c.stop()

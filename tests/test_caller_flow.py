@@ -1,0 +1,373 @@
+"""The caller's half on the real Asterisk with real SIP calls (SPEC R1-R6, R12, R13).
+
+Every assertion about what the caller heard comes from the independent ARI observer
+(PlaybackStarted/Finished on the caller's channel, DTMF) or from what sipp saw; the
+service's own state is read only for positions and the store.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator, Callable, Mapping
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from ivr.app import Service, running
+from ivr.domain.items import Kind, State
+from ivr.sandbox import AsteriskInstance
+from ivr.store import SqliteStore
+from tests.appcfg import write_config
+from tests.observer import AriObserver, Event
+from tests.sip import SipCaller
+
+# Short stand-ins for the long prompts where a test is about timing, not words.
+SHORT = {"offer": "en/connecting", "confirmation": "en/minutes"}
+
+def ts(event: Event) -> float:
+    return datetime.strptime(event["timestamp"], "%Y-%m-%dT%H:%M:%S.%f%z").timestamp()
+
+
+def is_playback(e: Event, kind: str, chan: str, file: str | None = None) -> bool:
+    pb = e.get("playback") or {}
+    if e.get("type") != kind or pb.get("target_uri") != f"channel:{chan}":
+        return False
+    return file is None or str(pb.get("media_uri", "")).endswith("/" + file)
+
+
+def playbacks(obs: AriObserver, chan: str, file: str) -> list[Event]:
+    return obs.find(lambda e: is_playback(e, "PlaybackStarted", chan, file))
+
+
+async def until(cond: Callable[[], bool], timeout: float = 30.0) -> None:
+    """Poll a condition on the service's state with a deadline (never a fixed sleep)."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
+    while not cond():
+        if loop.time() > deadline:
+            raise TimeoutError("condition not met in time")
+        await asyncio.sleep(0.05)
+
+
+async def caller_channel(obs: AriObserver, number: str, timeout: float = 30) -> tuple[str, Event]:
+    ev = await obs.wait_for(
+        lambda e: e.get("type") == "StasisStart"
+        and e["channel"]["caller"]["number"] == number
+        and e["channel"]["dialplan"].get("app_name") == "Stasis",
+        timeout,
+    )
+    return str(ev["channel"]["id"]), ev
+
+
+@pytest.fixture
+async def service(
+    asterisk: AsteriskInstance, tmp_path: Path
+) -> AsyncIterator[Callable[..., Any]]:
+    """``await service(queues={...}, agents={...})`` starts the real service in-process."""
+    stack: list[Any] = []
+
+    async def start(queues: Mapping[str, Mapping[str, Any]],
+                    agents: Mapping[str, Mapping[str, Any]] | None = None) -> Service:
+        cfg = write_config(asterisk, tmp_path, queues, agents)
+        cm = running(cfg)
+        svc = await cm.__aenter__()
+        stack.append(cm)
+        return svc
+
+    yield start
+    for cm in reversed(stack):
+        await cm.__aexit__(None, None, None)
+
+
+# ---------------------------------------------------------------------- offers
+
+
+async def test_offer_timing_first_then_repeats(
+    asterisk: AsteriskInstance, ari_observer: AriObserver, service: Callable[..., Any]
+) -> None:
+    """R3: first offer at first_offer_after, then every repeat_offer_every, MOH between."""
+    await service({"q7101": {"max_waiting": 1, "max_ewt": None, "first_offer_after": "2s",
+                             "repeat_offer_every": "3s", "prompts": SHORT}})
+    # max_waiting 1: two callers waiting -> overflow
+    a = SipCaller(asterisk, "7101", caller="5550001", hangup_after=12.5, max_duration=30)
+    b = SipCaller(asterisk, "7101", caller="5550002", hangup_after=12.0, max_duration=30)
+    a.start()
+    chan, start = await caller_channel(ari_observer, "5550001")
+    b.start()
+    await until(lambda: len(playbacks(ari_observer, chan, "connecting")) >= 3)
+    offers = [ts(e) for e in playbacks(ari_observer, chan, "connecting")]
+    t0 = ts(start)
+    # Tolerance: 1.0 s (answer + item commit before the clock starts, a noisy 2-core box).
+    assert offers[0] - t0 == pytest.approx(2.0, abs=1.0)
+    assert offers[1] - offers[0] == pytest.approx(3.0, abs=1.0)
+    assert offers[2] - offers[1] == pytest.approx(3.0, abs=1.0)
+    await a.wait(40)
+    await b.wait(40)
+
+
+async def test_no_overflow_no_offer(
+    asterisk: AsteriskInstance, ari_observer: AriObserver, service: Callable[..., Any]
+) -> None:
+    svc = await service({"q7102": {"max_waiting": 5, "max_ewt": None, "prompts": SHORT}})
+    c = SipCaller(asterisk, "7102", caller="5550003", digits=[(3.5, "1")], hangup_after=7,
+                  max_duration=20)
+    c.start()
+    chan, _ = await caller_channel(ari_observer, "5550003")
+    result = await c.wait(30)
+    assert result.hung_up_by == "us"
+    assert playbacks(ari_observer, chan, "connecting") == []
+    # The 1 arrived (Asterisk saw it) and was ignored: no offer was ever made.
+    assert ari_observer.find(lambda e: e.get("type") == "ChannelDtmfReceived"
+                             and e["channel"]["id"] == chan)
+    item = await _stored_item(svc, "5550003")
+    assert item.state == State.ABANDONED
+
+
+async def test_overflow_by_estimated_wait(
+    asterisk: AsteriskInstance, ari_observer: AriObserver, service: Callable[..., Any]
+) -> None:
+    """R2/R16: max_ewt alone. No agent serves the queue, so the EWT is unbounded."""
+    svc = await service({"q7103": {"max_waiting": None, "max_ewt": "30s", "prompts": SHORT}})
+    c = SipCaller(asterisk, "7103", caller="5550004", hangup_after=5, max_duration=20)
+    c.start()
+    chan, _ = await caller_channel(ari_observer, "5550004")
+    await until(lambda: bool(playbacks(ari_observer, chan, "connecting")))
+    assert svc.engine.in_overflow("q7103") is True
+    await c.wait(30)
+
+
+# ---------------------------------------------------------------------- press 1
+
+
+async def _stored_item(svc: Service, number: str) -> Any:
+    """The caller's work item as committed in SQLite (read with a second connection)."""
+    store = await SqliteStore.open(svc.cfg.store_path)
+    try:
+        for item in await store.load_open():
+            if item.number == number:
+                return item
+        # closed items: search by number through every queue's history of the engine
+        for item in svc.engine._items.values():
+            if item.number == number:
+                loaded = await store.load(item.id)
+                assert loaded is not None
+                return loaded
+    finally:
+        await store.close()
+    raise AssertionError(f"no stored item for {number}")
+
+
+async def test_press_1_during_offer_keeps_place_of_everyone(
+    asterisk: AsteriskInstance, ari_observer: AriObserver, service: Callable[..., Any]
+) -> None:
+    """R5 barge-in, R6: the offer stops, the real confirmation plays to its end, we hang
+    up, and the callback keeps its position; nobody else's position moves."""
+    svc = await service({"q7104": {"max_waiting": 1, "first_offer_after": "2s",
+                                   "repeat_offer_every": "60s"}})
+    a = SipCaller(asterisk, "7104", caller="5550011", max_duration=40)
+    b = SipCaller(asterisk, "7104", caller="5550012", digits=[(4.0, "1")], max_duration=40)
+    c = SipCaller(asterisk, "7104", caller="5550013", max_duration=40)
+    a.start()
+    await caller_channel(ari_observer, "5550011")
+    b.start()
+    chan_b, _ = await caller_channel(ari_observer, "5550012")
+    c.start()
+    await caller_channel(ari_observer, "5550013")
+    await until(lambda: len(svc.engine.items("q7104")) == 3)
+    before = [(i.number, svc.engine.position(i.id)) for i in svc.engine.items("q7104")]
+    assert [n for n, _ in before] == ["5550011", "5550012", "5550013"]
+
+    # B presses 1 two seconds into the 8.8 s offer: barge-in.
+    stopped = await ari_observer.wait_for(
+        lambda e: is_playback(e, "PlaybackFinished", chan_b, "en/offer"))
+    dtmf = ari_observer.find(lambda e: e.get("type") == "ChannelDtmfReceived"
+                             and e["channel"]["id"] == chan_b)
+    assert dtmf and dtmf[0]["digit"] == "1"
+    offer_started = playbacks(ari_observer, chan_b, "en/offer")[0]
+    assert ts(stopped) - ts(offer_started) < 6.0  # cut short, not played out
+    conf_done = await ari_observer.wait_for(
+        lambda e: is_playback(e, "PlaybackFinished", chan_b, "en/confirmation"))
+    assert conf_done["playback"]["state"] == "done"
+    result = await b.wait(30)
+    assert result.hung_up_by == "them"
+    assert result.bye_received_at is not None
+    conf_start = playbacks(ari_observer, chan_b, "en/confirmation")[0]
+    # The whole 6.4 s confirmation was heard before our BYE.
+    assert result.bye_received_at - ts(conf_start) >= 6.0
+
+    after = [(i.number, svc.engine.position(i.id), i.kind) for i in svc.engine.items("q7104")]
+    assert [(n, p) for n, p, _ in after] == before
+    assert after[1][2] == Kind.CALLBACK
+    stored = await _stored_item(svc, "5550012")
+    assert stored.kind == Kind.CALLBACK and stored.state == State.CALLBACK_PENDING
+    assert stored.arrived_at == svc.engine.items("q7104")[1].arrived_at
+    a.stop()
+    c.stop()
+
+
+async def test_press_1_after_the_offer_counts(
+    asterisk: AsteriskInstance, ari_observer: AriObserver, service: Callable[..., Any]
+) -> None:
+    svc = await service({"q7105": {"max_waiting": None, "max_ewt": "30s",
+                                   "first_offer_after": "1s", "repeat_offer_every": "60s",
+                                   "prompts": SHORT}})
+    # Short offer (1.1 s) at ~1 s; the 1 comes at 5 s, on music on hold.
+    c = SipCaller(asterisk, "7105", caller="5550021", digits=[(5.0, "1")], max_duration=30)
+    c.start()
+    chan, _ = await caller_channel(ari_observer, "5550021")
+    done = await ari_observer.wait_for(
+        lambda e: is_playback(e, "PlaybackFinished", chan, "connecting"))
+    dtmf = await ari_observer.wait_type("ChannelDtmfReceived", channel_id=chan)
+    assert ts(dtmf) > ts(done)  # pressed after the offer had ended
+    await ari_observer.wait_for(lambda e: is_playback(e, "PlaybackFinished", chan, "minutes"))
+    result = await c.wait(30)
+    assert result.hung_up_by == "them"
+    stored = await _stored_item(svc, "5550021")
+    assert stored.state == State.CALLBACK_PENDING
+
+
+async def test_other_keys_and_early_1_are_ignored(
+    asterisk: AsteriskInstance, ari_observer: AriObserver, service: Callable[..., Any]
+) -> None:
+    """R5: a 1 before the first offer, and 2/9/# after it, change nothing."""
+    svc = await service({"q7106": {"max_waiting": None, "max_ewt": "30s",
+                                   "first_offer_after": "3s", "repeat_offer_every": "60s",
+                                   "prompts": SHORT}})
+    c = SipCaller(asterisk, "7106", caller="5550031",
+                  digits=[(0.8, "1"), (5.5, "2"), (6.0, "9"), (6.5, "#")],
+                  hangup_after=8.5, max_duration=20)
+    c.start()
+    chan, _ = await caller_channel(ari_observer, "5550031")
+    result = await c.wait(30)
+    assert result.hung_up_by == "us"  # we were never hung up on: no confirmation
+    digits = [e["digit"] for e in ari_observer.find(
+        lambda e: e.get("type") == "ChannelDtmfReceived" and e["channel"]["id"] == chan)]
+    assert digits == ["1", "2", "9", "#"]
+    assert len(playbacks(ari_observer, chan, "connecting")) == 1
+    assert playbacks(ari_observer, chan, "minutes") == []
+    stored = await _stored_item(svc, "5550031")
+    assert stored.kind == Kind.INBOUND and stored.state == State.ABANDONED
+
+
+# ---------------------------------------------------------------------- hang-ups
+
+
+@pytest.mark.parametrize(("phase", "hangup_after", "digit_at", "expected"), [
+    ("moh", 1.0, None, State.ABANDONED),
+    ("offer", 3.0, None, State.ABANDONED),           # the 8.8 s offer starts at 1 s
+    ("confirmation", 5.0, 2.0, State.CALLBACK_PENDING),  # 1 at 2 s; confirmation 6.4 s
+])
+async def test_hangup_in_each_phase(
+    asterisk: AsteriskInstance, ari_observer: AriObserver, service: Callable[..., Any],
+    phase: str, hangup_after: float, digit_at: float | None, expected: State,
+) -> None:
+    did = {"moh": "7107", "offer": "7108", "confirmation": "7109"}[phase]
+    svc = await service({f"q{did}": {"max_waiting": None, "max_ewt": "30s",
+                                     "first_offer_after": "1s", "repeat_offer_every": "60s"}})
+    number = f"555004{did[-1]}"
+    digits = [(digit_at, "1")] if digit_at is not None else []
+    c = SipCaller(asterisk, did, caller=number, digits=digits, hangup_after=hangup_after,
+                  max_duration=20)
+    c.start()
+    chan, _ = await caller_channel(ari_observer, number)
+    await ari_observer.wait_type("StasisEnd", channel_id=chan)
+    result = await c.wait(30)
+    assert result.hung_up_by == "us"
+    if phase != "moh":
+        assert playbacks(ari_observer, chan, "en/offer")
+    if phase == "confirmation":
+        assert playbacks(ari_observer, chan, "en/confirmation")
+    await until(lambda: all(i.kind == Kind.CALLBACK for i in svc.engine.items(f"q{did}")))
+    stored = await _stored_item(svc, number)
+    assert stored.state == expected
+    live = [i for i in svc.engine.items(f"q{did}") if i.kind == Kind.INBOUND]
+    assert live == []  # no live item left behind
+
+
+# ---------------------------------------------------------------------- number guard, dedupe
+
+
+async def test_anonymous_and_denied_numbers_never_hear_the_offer(
+    asterisk: AsteriskInstance, ari_observer: AriObserver, service: Callable[..., Any]
+) -> None:
+    await service({"q7110": {"max_waiting": None, "max_ewt": "30s",
+                             "first_offer_after": "1s", "repeat_offer_every": "2s",
+                             "denied_numbers": ["_00.", "_0900X."], "prompts": SHORT}})
+    anon = SipCaller(asterisk, "7110", caller=None, digits=[(3.0, "1")], hangup_after=6,
+                     max_duration=20)
+    intl = SipCaller(asterisk, "7110", caller="00441234567", digits=[(3.0, "1")],
+                     hangup_after=6, max_duration=20)
+    ok = SipCaller(asterisk, "7110", caller="5550051", hangup_after=6, max_duration=20)
+    for c in (anon, intl, ok):
+        c.start()
+    r = [await c.wait(30) for c in (anon, intl, ok)]
+    assert [x.hung_up_by for x in r] == ["us", "us", "us"]
+    chans = {e["channel"]["caller"]["number"]: e["channel"]["id"] for e in ari_observer.find(
+        lambda e: e.get("type") == "StasisStart" and e["channel"]["dialplan"].get("exten")
+        == "7110")}
+    assert len(chans) == 3
+    assert playbacks(ari_observer, chans["5550051"], "connecting")  # the control
+    assert playbacks(ari_observer, chans["anonymous"], "connecting") == []
+    assert playbacks(ari_observer, chans["00441234567"], "connecting") == []
+
+
+async def test_second_request_from_same_number_is_told_already_scheduled(
+    asterisk: AsteriskInstance, ari_observer: AriObserver, service: Callable[..., Any]
+) -> None:
+    """R12: one open callback per (queue, number)."""
+    svc = await service({"q7111": {"max_waiting": None, "max_ewt": "30s",
+                                   "first_offer_after": "1s", "repeat_offer_every": "60s",
+                                   "prompts": SHORT}})
+    first = SipCaller(asterisk, "7111", caller="5550061", digits=[(1.5, "1")], max_duration=20)
+    first.start()
+    assert (await first.wait(30)).hung_up_by == "them"
+    second = SipCaller(asterisk, "7111", caller="5550061", digits=[(1.5, "1")],
+                       max_duration=30)
+    second.start()
+    await until(lambda: len(ari_observer.find(
+        lambda e: e.get("type") == "StasisStart"
+        and e["channel"]["caller"]["number"] == "5550061")) == 2)
+    starts = [e["channel"]["id"] for e in ari_observer.find(
+        lambda e: e.get("type") == "StasisStart"
+        and e["channel"]["caller"]["number"] == "5550061")]
+    second_chan = starts[-1]
+    await ari_observer.wait_for(
+        lambda e: is_playback(e, "PlaybackFinished", second_chan, "en/already_scheduled"))
+    assert (await second.wait(30)).hung_up_by == "them"
+    open_cbs = [i for i in svc.engine.items("q7111") if i.kind == Kind.CALLBACK]
+    assert len(open_cbs) == 1 and open_cbs[0].number == "5550061"
+
+
+# ---------------------------------------------------------------------- bad input
+
+
+async def test_sip_info_and_digit_bursts_do_not_break_the_session(
+    asterisk: AsteriskInstance, ari_observer: AriObserver, service: Callable[..., Any]
+) -> None:
+    svc = await service({"q7112": {"max_waiting": None, "max_ewt": "30s",
+                                   "first_offer_after": "2s", "repeat_offer_every": "60s",
+                                   "prompts": SHORT}})
+    burst = [(0.3 + 0.08 * i, d) for i, d in enumerate("19#*2819")]
+    c = SipCaller(asterisk, "7112", caller="5550071", digits=[*burst, (4.0, "1")],
+                  send_info_at=1.5, max_duration=30)
+    c.start()
+    chan, _ = await caller_channel(ari_observer, "5550071")
+    result = await c.wait(30)
+    assert result.hung_up_by == "them"  # confirmation played, we hung up on them
+    assert playbacks(ari_observer, chan, "minutes")
+    stored = await _stored_item(svc, "5550071")
+    assert stored.state == State.CALLBACK_PENDING
+
+
+async def test_unknown_queue_is_refused_politely(
+    asterisk: AsteriskInstance, ari_observer: AriObserver, service: Callable[..., Any]
+) -> None:
+    await service({"q7113": {"max_waiting": 5}})
+    c = SipCaller(asterisk, "7199", caller="5550081", max_duration=20)  # q7199: not configured
+    c.start()
+    chan, _ = await caller_channel(ari_observer, "5550081")
+    await ari_observer.wait_for(lambda e: is_playback(e, "PlaybackFinished", chan,
+                                                      "en/unavailable"))
+    assert (await c.wait(30)).hung_up_by == "them"

@@ -1,0 +1,225 @@
+"""SqliteStore: round trip, append-only history, schema versioning, group commit."""
+
+from __future__ import annotations
+
+import asyncio
+import sqlite3
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+from ivr.domain import FakeClock, QueueEngine, QueuePolicy, State
+from ivr.store import MIGRATIONS, SqliteStore, StoreError
+
+
+def engine_and_clock() -> tuple[QueueEngine, FakeClock]:
+    clock = FakeClock()
+    return QueueEngine([QueuePolicy("sales"), QueuePolicy("support")], clock), clock
+
+
+async def test_round_trip_open_items_in_order(tmp_path: Path) -> None:
+    engine, clock = engine_and_clock()
+    store = await SqliteStore.open(tmp_path / "ivr.db")
+    try:
+        a = engine.arrive("sales", channel_id="chan-1", number="0201")
+        clock.advance(1)
+        b = engine.arrive("sales", channel_id="chan-2", number="0202")
+        clock.advance(1)
+        c = engine.add_callback("support", "0203")
+        gone = engine.arrive("sales", channel_id="chan-3", number=None)
+        await store.save(engine.drain_changes())
+        engine.convert_to_callback(b.id, "0202")
+        engine.abandon(gone.id)
+        engine.dispatch({"agent-1": ["support"]})
+        engine.offer_declined(c.id, "agent-1")
+        await store.save(engine.drain_changes())
+
+        loaded = await store.load_open()
+        assert [i.id for i in loaded] == [a.id, b.id, c.id]
+        lb = loaded[1]
+        assert lb.state is State.CALLBACK_PENDING and lb.channel_id is None
+        assert lb.arrived_at == b.arrived_at and lb.seq == b.seq
+        assert [h.event for h in lb.history] == [h.event for h in b.history]
+        assert loaded[2].declined_by == {"agent-1"}
+        assert [(h.at, h.event, h.detail) for h in loaded[2].history] == [
+            (h.at, h.event, h.detail) for h in c.history
+        ]
+        closed = await store.load(gone.id)
+        assert closed is not None and closed.state is State.ABANDONED
+        assert [h.event for h in closed.history] == ["arrived", "abandoned"]
+        assert await store.load("nope") is None
+    finally:
+        await store.close()
+
+
+async def test_reopen_restores_engine(tmp_path: Path) -> None:
+    path = tmp_path / "ivr.db"
+    engine, clock = engine_and_clock()
+    store = await SqliteStore.open(path)
+    items = [engine.add_callback("sales", f"0201{i}") for i in range(5)]
+    engine.dispatch({"a": ["sales"]})
+    engine.dial_started(items[0].id, "a")
+    await store.save(engine.drain_changes())
+    await store.close()
+
+    store = await SqliteStore.open(path)
+    try:
+        fresh, fresh_clock = engine_and_clock()
+        fresh_clock.set(clock.now() + 10)
+        fresh.restore(await store.load_open())
+        assert [i.id for i in fresh.items("sales")] == [i.id for i in items]
+        assert fresh.get(items[0].id).state is State.CALLBACK_PENDING  # dial lost
+        # the repair is itself saved, and history stays append-only
+        await store.save(fresh.drain_changes())
+        again = await store.load(items[0].id)
+        assert again is not None
+        assert [h.event for h in again.history][-1] == "dial_lost_on_restart"
+    finally:
+        await store.close()
+
+
+async def test_history_is_append_only(tmp_path: Path) -> None:
+    path = tmp_path / "ivr.db"
+    engine, _ = engine_and_clock()
+    store = await SqliteStore.open(path)
+    engine.add_callback("sales", "0201")
+    await store.save(engine.drain_changes())
+    await store.close()
+    conn = sqlite3.connect(path)
+    with pytest.raises(sqlite3.IntegrityError, match="append-only"):
+        conn.execute("UPDATE history SET event = 'x'")
+    with pytest.raises(sqlite3.IntegrityError, match="append-only"):
+        conn.execute("DELETE FROM history")
+    conn.close()
+
+
+async def test_schema_version_and_pragmas(tmp_path: Path) -> None:
+    path = tmp_path / "ivr.db"
+    store = await SqliteStore.open(path)
+    await store.close()
+    conn = sqlite3.connect(path)
+    assert conn.execute("PRAGMA user_version").fetchone()[0] == len(MIGRATIONS)
+    assert conn.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+    conn.execute(f"PRAGMA user_version = {len(MIGRATIONS) + 1}")
+    conn.commit()
+    conn.close()
+    with pytest.raises(StoreError, match="newer"):
+        await SqliteStore.open(path)
+
+
+async def test_group_commit_batches_concurrent_saves(tmp_path: Path) -> None:
+    engine, _ = engine_and_clock()
+    store = await SqliteStore.open(tmp_path / "ivr.db")
+    try:
+
+        async def one(i: int) -> str:
+            item = engine.add_callback("sales", f"07700900{i:03d}")
+            await store.save(engine.drain_changes())
+            return item.id
+
+        saved = await asyncio.gather(*(one(i) for i in range(200)))
+        assert store.commits < 200  # grouped
+        loaded = await store.load_open()
+        assert [i.id for i in loaded] == saved
+    finally:
+        await store.close()
+
+
+async def test_empty_save_is_a_barrier(tmp_path: Path) -> None:
+    """A flow whose change was drained by another flow's save must still not resume
+    before that change is durable: save([]) resolves after earlier saves commit."""
+    engine, _ = engine_and_clock()
+    store = await SqliteStore.open(tmp_path / "ivr.db")
+    try:
+        order: list[str] = []
+        item = engine.add_callback("sales", "0201")
+
+        async def first() -> None:
+            await store.save(engine.drain_changes())
+            order.append("first")
+
+        async def second() -> None:
+            await store.save(engine.drain_changes())  # empty: first took it
+            order.append("second")
+
+        await asyncio.gather(first(), second())
+        assert order == ["first", "second"]
+        assert await store.load(item.id) is not None
+    finally:
+        await store.close()
+
+
+async def test_save_does_not_block_the_event_loop(tmp_path: Path) -> None:
+    engine, _ = engine_and_clock()
+    store = await SqliteStore.open(tmp_path / "ivr.db")
+    try:
+        ticks = 0
+        stop = asyncio.Event()
+
+        async def ticker() -> None:
+            nonlocal ticks
+            while not stop.is_set():
+                ticks += 1
+                await asyncio.sleep(0)
+
+        task = asyncio.create_task(ticker())
+        for i in range(30):
+            engine.add_callback("sales", f"0201{i:03d}")
+            await store.save(engine.drain_changes())
+        stop.set()
+        await task
+        assert ticks >= 30  # the loop ran while every commit was in flight
+        assert threading.current_thread() is threading.main_thread()
+    finally:
+        await store.close()
+
+
+async def test_failed_save_fails_only_its_caller(tmp_path: Path) -> None:
+    engine, _ = engine_and_clock()
+    store = await SqliteStore.open(tmp_path / "ivr.db")
+    try:
+        good = engine.add_callback("sales", "0201")
+        bad = engine.add_callback("sales", "0202")
+        changes = engine.drain_changes()
+        # A NOT NULL violation, as a corrupt item would cause.
+        bad.queue = None  # type: ignore[assignment]
+        results = await asyncio.gather(
+            store.save([changes[0]]), store.save([bad]), return_exceptions=True
+        )
+        assert results[0] is None
+        assert isinstance(results[1], StoreError)
+        assert await store.load(good.id) is not None
+        assert await store.load(bad.id) is None
+    finally:
+        await store.close()
+
+
+async def test_closed_store_refuses(tmp_path: Path) -> None:
+    store = await SqliteStore.open(tmp_path / "ivr.db")
+    await store.close()
+    await store.close()  # idempotent
+    with pytest.raises(StoreError):
+        await store.save([])
+    with pytest.raises(StoreError):
+        await store.load_open()
+
+
+async def test_cancelled_waiter_does_not_break_the_worker(tmp_path: Path) -> None:
+    engine, _ = engine_and_clock()
+    store = await SqliteStore.open(tmp_path / "ivr.db")
+    try:
+        engine.add_callback("sales", "0201")
+        task = asyncio.create_task(store.save(engine.drain_changes()))
+        await asyncio.sleep(0)
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+        t0 = time.monotonic()
+        engine.add_callback("sales", "0202")
+        await store.save(engine.drain_changes())
+        assert time.monotonic() - t0 < 5
+        assert len(await store.load_open()) == 2  # the cancelled save still committed
+    finally:
+        await store.close()
