@@ -27,6 +27,7 @@ from __future__ import annotations
 import argparse
 import base64
 import contextlib
+import ctypes
 import json
 import os
 import random
@@ -36,11 +37,12 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Sequence
-from dataclasses import asdict, dataclass, field
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 
 DEFAULT_CACHE = Path(os.environ.get("IVR_ASTERISK_CACHE", "/var/cache/ivr"))
@@ -80,7 +82,7 @@ def provision(cache_dir: Path = DEFAULT_CACHE) -> Path:
         cmd = [
             "mmdebstrap",
             "--variant=apt",
-            "--aptopt=Acquire::Check-Valid-Until \"false\"",
+            '--aptopt=Acquire::Check-Valid-Until "false"',
             f"--include={MMDEBSTRAP_PACKAGES}",
             "sid",
             str(tmp),
@@ -99,6 +101,33 @@ def provision(cache_dir: Path = DEFAULT_CACHE) -> Path:
     if not hosts.exists() or hosts.read_text() != wanted:
         hosts.write_text(wanted)
     return rootfs
+
+
+# ------------------------------------------------------------------ processes
+
+
+def die_with_parent() -> None:
+    """``preexec_fn``: SIGTERM this child when the process that started it dies.
+
+    Linux only (prctl PR_SET_PDEATHSIG, kept across exec). A test run killed with
+    kill -9 then leaves no Asterisk or sipp behind. Not used for ``up``, which starts
+    Asterisk detached on purpose.
+    """
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(1, signal.SIGTERM, 0, 0, 0)  # PR_SET_PDEATHSIG = 1
+    except (OSError, AttributeError):
+        pass
+
+
+def die_with_parent_preexec() -> Callable[[], None] | None:
+    """``die_with_parent`` when called from the main thread, else None.
+
+    The kernel sends the death signal when the *thread* that forked exits: a child
+    started from a worker thread (``asyncio.to_thread``) would be killed when that
+    thread is retired, long before the test ends.
+    """
+    return die_with_parent if threading.current_thread() is threading.main_thread() else None
 
 
 # ------------------------------------------------------------------ ports
@@ -199,8 +228,11 @@ class AsteriskInstance:
         return "Basic " + base64.b64encode(raw).decode("ascii")
 
     # -- lifecycle
-    def launch(self, timeout: float = START_TIMEOUT) -> None:
-        """Start Asterisk with this run's config and wait until ARI answers 200."""
+    def launch(self, timeout: float = START_TIMEOUT, *, detached: bool = False) -> None:
+        """Start Asterisk with this run's config and wait until ARI answers 200.
+
+        Unless ``detached``, Asterisk is SIGTERMed if this process dies.
+        """
         if self.running():
             raise SandboxError(f"instance {self.run_id} is already running")
         # A stale control socket makes `asterisk -r` talk to nobody.
@@ -217,6 +249,7 @@ class AsteriskInstance:
                 stdout=out,
                 stderr=subprocess.STDOUT,
                 start_new_session=True,
+                preexec_fn=None if detached else die_with_parent_preexec(),
             )
         self.pid = self._proc.pid
         try:
@@ -329,8 +362,8 @@ class AsteriskInstance:
 
     # -- persistence for the CLI
     def to_json(self) -> dict[str, object]:
-        data = asdict(self)
-        data.pop("_proc", None)
+        data = {f.name: getattr(self, f.name) for f in fields(self) if f.name != "_proc"}
+        data["agent_ports"] = dict(self.agent_ports)
         data["rootfs"] = str(self.rootfs)
         data["run_dir"] = str(self.run_dir)
         return data
@@ -436,6 +469,8 @@ def _render(inst: AsteriskInstance, config_src: Path, agents: Sequence[str]) -> 
     ext = etc / "extensions.conf"
     text = ext.read_text()
     if inst.app_name != "ivr":
+        if "Stasis(ivr," not in text:
+            raise SandboxError("extensions.conf: no Stasis(ivr,...) to rename")
         text = text.replace("Stasis(ivr,", f"Stasis({inst.app_name},")
     if inst.test_dids:
         text += (
@@ -457,6 +492,7 @@ def start(
     http_port: int | None = None,
     carrier_host: str = "127.0.0.2",
     timeout: float = START_TIMEOUT,
+    detached: bool = False,
 ) -> AsteriskInstance:
     """Render a per-run config inside ``rootfs`` and start Asterisk on it."""
     if os.geteuid() != 0:
@@ -497,7 +533,7 @@ def start(
         (run_dir / "prompts").mkdir()
         if prompts_src.is_dir():
             shutil.copytree(prompts_src, run_dir / "prompts", dirs_exist_ok=True)
-        inst.launch(timeout)
+        inst.launch(timeout, detached=detached)
     except BaseException:
         inst.stop()
         raise
@@ -532,7 +568,7 @@ def _main(argv: Sequence[str] | None = None) -> int:
             print(provision(args.cache_dir))
         elif args.cmd == "up":
             state = args.state_dir / STATE_FILE
-            if state.exists():
+            if state.exists() and state.stat().st_size:
                 old = AsteriskInstance.from_json(json.loads(state.read_text()))
                 if old.running():
                     print(f"already running (pid {old.pid}); see {state}", file=sys.stderr)
@@ -544,17 +580,24 @@ def _main(argv: Sequence[str] | None = None) -> int:
                 app_name=args.app_name,
                 sip_port=args.sip_port,
                 http_port=args.http_port,
+                detached=True,
             )
-            args.state_dir.mkdir(parents=True, exist_ok=True)
-            state.touch(mode=0o600)
-            state.write_text(json.dumps(inst.to_json(), indent=2) + "\n")
+            try:
+                args.state_dir.mkdir(parents=True, exist_ok=True)
+                state.touch(mode=0o600)
+                state.write_text(json.dumps(inst.to_json(), indent=2) + "\n")
+            except BaseException:
+                inst.stop()
+                raise
             proc, inst._proc = inst._proc, None
             if proc is not None:
                 # Detached on purpose: `down` stops it by pid. Mark the handle done so
                 # Popen.__del__ does not warn about a child still running.
                 proc.returncode = 0
-            print(f"Asterisk up: ARI {inst.ari_url} (app {inst.app_name!r}), "
-                  f"SIP udp 127.0.0.1:{inst.sip_port}")
+            print(
+                f"Asterisk up: ARI {inst.ari_url} (app {inst.app_name!r}), "
+                f"SIP udp 127.0.0.1:{inst.sip_port}"
+            )
             print(f"credentials and details: {state.resolve()}")
         elif args.cmd == "down":
             state = args.state_dir / STATE_FILE

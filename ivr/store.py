@@ -73,7 +73,10 @@ MIGRATIONS: list[str] = [
     """,
 ]
 
-_OPEN_SQL = ", ".join(f"'{s.value}'" for s in sorted(OPEN_STATES))
+# Spelled exactly as in the partial index items_open: SQLite uses a partial index only
+# when the query's WHERE repeats the index's terms, IN-list order included.
+_OPEN_SQL = "'waiting', 'offered', 'callback_pending', 'dialling'"
+assert {State(v.strip(" '")) for v in _OPEN_SQL.split(",")} == OPEN_STATES
 _ITEM_COLUMNS = (
     "id, queue, kind, state, arrived_at, seq, number, channel_id, attempts, "
     "next_eligible_at, offered_to, declined_by, created_at, updated_at, expires_at, "
@@ -141,7 +144,7 @@ class _Call:
 _STOP = object()
 
 
-class SqliteStore:
+class SqliteStore(Store):
     """SQLite in WAL mode, ``synchronous=FULL``, one writer thread, group commit."""
 
     def __init__(self, path: str | os.PathLike[str]) -> None:
@@ -265,15 +268,17 @@ class SqliteStore:
             conn.close()
 
     def _commit(self, conn: sqlite3.Connection, batch: list[_Save]) -> None:
+        # Exception, not just sqlite3.Error: whatever happens, every waiter must be
+        # resolved and the worker must live on, or flows would hang on save() forever.
         try:
             _write(conn, batch)
-        except sqlite3.Error:
+        except Exception:
             # One bad save must not fail its neighbours: retry each on its own.
             for s in batch:
                 try:
                     _write(conn, [s])
-                except sqlite3.Error as exc:
-                    _resolve(s.loop, s.future, None, StoreError(str(exc)))
+                except Exception as exc:
+                    _resolve(s.loop, s.future, None, StoreError(f"save failed: {exc}"))
                 else:
                     self.commits += 1
                     _resolve(s.loop, s.future, None, None)
@@ -412,11 +417,14 @@ def _load_open(conn: sqlite3.Connection) -> list[WorkItem]:
     ).fetchall()
     histories: dict[str, list[HistoryEntry]] = {row[0]: [] for row in rows}
     if histories:
-        # One pass over history joined to the open set, rather than a query per item.
+        # One query for all open items' history. CROSS JOIN pins the join order (SQLite
+        # never reorders it): walk the open items by the partial index and look their
+        # history up by primary key, so start-up cost follows the open set, not the
+        # ever-growing history of closed items.
         for item_id, at, event, detail in conn.execute(
-            "SELECT h.item_id, h.at, h.event, h.detail FROM history h "
-            f"JOIN items i ON i.id = h.item_id WHERE i.state IN ({_OPEN_SQL}) "
-            "ORDER BY h.item_id, h.idx"
+            "SELECT h.item_id, h.at, h.event, h.detail FROM items i "
+            f"CROSS JOIN history h ON h.item_id = i.id WHERE i.state IN ({_OPEN_SQL}) "
+            "ORDER BY i.arrived_at, i.seq, h.idx"
         ):
             histories[item_id].append(HistoryEntry(at, event, json.loads(detail)))
     return [_from_row(row, histories[row[0]]) for row in rows]

@@ -92,9 +92,7 @@ class AriObserver:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._changed.wait(), remaining)
 
-    async def wait_type(
-        self, type_: str, timeout: float = 30.0, **match: Any
-    ) -> Event:
+    async def wait_type(self, type_: str, timeout: float = 30.0, **match: Any) -> Event:
         """Shorthand: event of ``type_`` whose top-level fields equal ``match``
         (``channel_id=`` matches the event's channel id)."""
         cid = match.pop("channel_id", None)

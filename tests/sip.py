@@ -38,7 +38,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import Literal
 
-from ivr.sandbox import AsteriskInstance, free_port
+from ivr.sandbox import AsteriskInstance, die_with_parent_preexec, free_port
 
 SIPP_DIR = Path(__file__).resolve().parent / "sipp"
 PCAP_DIR = Path("/usr/share/sip-tester")
@@ -277,6 +277,7 @@ class _Sipp:
                 stdout=out,
                 stderr=subprocess.STDOUT,
                 start_new_session=True,
+                preexec_fn=die_with_parent_preexec(),  # no sipp left behind if pytest dies
             )
 
     @property
@@ -289,9 +290,7 @@ class _Sipp:
         deadline = time.monotonic() + timeout
         while (rc := self.proc.poll()) is None:
             if time.monotonic() > deadline:
-                raise TimeoutError(
-                    f"sipp still running after {timeout:.0f}s\n{self.describe()}"
-                )
+                raise TimeoutError(f"sipp still running after {timeout:.0f}s\n{self.describe()}")
             await asyncio.sleep(0.05)
         return rc
 
@@ -412,7 +411,9 @@ class SipCaller:
                 ' ontimeout="us_bye" next="gotbye"/>'
             )
         failures = "\n".join(
-            f'  <recv response="{c}" optional="true" next="rejected"/>' for c in _FAILURE_CODES
+            f'  <recv response="{c}" optional="true" next="rejected"'
+            f' timeout="{_ms(max_duration)}" ontimeout="cancel"/>'
+            for c in _FAILURE_CODES
         )
         self.scenario = self._sipp.write(
             "caller.xml",

@@ -18,7 +18,7 @@ import pytest
 
 from ivr.sandbox import AsteriskInstance
 from tests.conftest import finish_asterisk, start_asterisk
-from tests.observer import AriObserver, Event, channel_id
+from tests.observer import AriObserver, Event
 from tests.sip import BUSY, CallBehaviour, SipCaller, SipCarrier, SipPhone
 
 pytestmark = pytest.mark.asterisk
@@ -52,9 +52,7 @@ class RawAri:
                     return e
 
     async def rest(self, method: str, path: str, **kwargs: Any) -> Any:
-        async with self.session.request(
-            method, f"{self.inst.ari_url}/ari{path}", **kwargs
-        ) as resp:
+        async with self.session.request(method, f"{self.inst.ari_url}/ari{path}", **kwargs) as resp:
             text = await resp.text()
             assert resp.status < 300, f"{method} {path}: {resp.status} {text}"
             return json.loads(text) if text else None
@@ -99,6 +97,21 @@ async def test_caller_reaches_stasis_dtmf_and_our_hangup(
     assert dtmf["digit"] == "1"
     # The independent observer saw it too.
     await ari_observer.wait_type("ChannelDtmfReceived", channel_id=ch["id"], digit="1")
+    # Prompts copied into the run dir play as sound:<prompts_dir>/<name>; MOH works.
+    wav = asterisk.run_dir / "prompts" / "rig-beep.wav"
+    sox = await asyncio.create_subprocess_exec(
+        "sox", "-n", "-r", "8000", "-c", "1", "-b", "16", str(wav), "synth", "0.3", "sine", "440"
+    )  # fmt: skip
+    assert await sox.wait() == 0
+    await raw_ari.rest("POST", f"/channels/{ch['id']}/moh")
+    pb = await raw_ari.rest(
+        "POST",
+        f"/channels/{ch['id']}/play",
+        params={"media": f"sound:{asterisk.prompts_dir}/rig-beep"},
+    )
+    finished = await raw_ari.next_event("PlaybackFinished")
+    assert finished["playback"]["id"] == pb["id"]
+    assert finished["playback"]["state"] == "done"
     hung_up = time.time()
     await raw_ari.rest("DELETE", f"/channels/{ch['id']}")
     result = await caller.wait(30)
@@ -167,14 +180,17 @@ async def test_originate_to_carrier_answered_and_busy(
         json={"endpoint": "PJSIP/5557655@carrier", "app": asterisk.app_name, "timeout": 30},
     )
     dial = await ari_observer.wait_for(
-        lambda e: e.get("type") == "Dial"
-        and (e.get("peer") or {}).get("id") == ch2["id"]
-        and e.get("dialstatus") == "BUSY"
+        lambda e: (
+            e.get("type") == "Dial"
+            and (e.get("peer") or {}).get("id") == ch2["id"]
+            and e.get("dialstatus") == "BUSY"
+        )
     )
     assert dial["dialstatus"] == "BUSY"
     destroyed = await ari_observer.wait_type("ChannelDestroyed", channel_id=ch2["id"])
     assert destroyed["cause"] == 17
-    calls = carrier.calls()
+    # sipp's trace may trail Asterisk by a moment: wait on it, never read it once.
+    calls = await carrier.wait_for_calls(2, predicate=lambda c: c.ended)
     assert [c.dialled for c in calls] == ["5557654", "5557655"]
     assert calls[1].rejected_with == 486
 
@@ -235,7 +251,9 @@ async def test_phone_behaviours_per_call(
         "POST", "/channels",
         json={"endpoint": "PJSIP/agent2", "app": asterisk.app_name, "timeout": 10},
     )  # fmt: skip
-    await ari_observer.wait_type("StasisStart", channel_id=ch2["id"])
+    # StasisStart goes to the app owning the channel only, not to subscribeAll observers.
+    start = await raw_ari.next_event("StasisStart")
+    assert start["channel"]["id"] == ch2["id"]
     await ari_observer.wait_type("ChannelDestroyed", channel_id=ch2["id"])
     calls = await phone.wait_for_calls(2)
     assert calls[1].answered_at is not None and calls[1].bye_sent_at is not None
@@ -272,9 +290,55 @@ async def test_restart_keeps_ports_and_credentials() -> None:
         assert (inst.sip_port, inst.http_port, inst.ari_user, inst.ari_password) == before
         assert "Asterisk" in inst.cli("core show version")
         headers = {"Authorization": inst.auth_header()}
-        async with aiohttp.ClientSession(headers=headers) as s:
-            async with s.get(f"{inst.ari_url}/ari/asterisk/info") as resp:
-                assert resp.status == 200
+        async with (
+            aiohttp.ClientSession(headers=headers) as s,
+            s.get(f"{inst.ari_url}/ari/asterisk/info") as resp,
+        ):
+            assert resp.status == 200
     finally:
         finish_asterisk(inst)
     assert not inst.running()
+
+
+async def test_asterisk_hangs_up_during_caller_pause_and_dtmf(
+    raw_ari: RawAri, sip_caller: Callable[..., SipCaller]
+) -> None:
+    """Asterisk's BYE is taken at any moment: while a digit plays or mid-pause."""
+    caller = sip_caller("7003", digits=[(0.0, "5"), (0.05, "#"), (20.0, "*")], max_duration=60)
+    caller.start()
+    start = await raw_ari.next_event("StasisStart")
+    cid = start["channel"]["id"]
+    await raw_ari.rest("POST", f"/channels/{cid}/answer")
+    await raw_ari.next_event("ChannelDtmfReceived")
+    await raw_ari.rest("DELETE", f"/channels/{cid}")
+    t0 = time.monotonic()
+    result = await caller.wait(15)
+    assert time.monotonic() - t0 < 10, "sipp waited out its pause instead of taking the BYE"
+    assert result.hung_up_by == "them" and result.exit_code == 0, caller.describe()
+
+
+async def test_caller_gives_up_before_answer(
+    raw_ari: RawAri, sip_caller: Callable[..., SipCaller]
+) -> None:
+    caller = sip_caller("7004", max_duration=2)
+    caller.start()
+    await raw_ari.next_event("StasisStart")  # never answered by us
+    result = await caller.wait(30)
+    assert not result.answered
+    assert result.rejected_with == 487, caller.describe()
+    await raw_ari.next_event("StasisEnd")
+
+
+async def test_carrier_takes_concurrent_callbacks(
+    asterisk: AsteriskInstance, raw_ari: RawAri, sip_carrier: Callable[..., SipCarrier]
+) -> None:
+    carrier = sip_carrier(behaviours=CallBehaviour(answer_after=0.5, hangup_after=1.0))
+    numbers = ["5550001", "5550002", "5550003"]
+    for n in numbers:
+        await raw_ari.rest(
+            "POST", "/channels",
+            json={"endpoint": f"PJSIP/{n}@carrier", "app": asterisk.app_name, "timeout": 20},
+        )  # fmt: skip
+    calls = await carrier.wait_for_calls(3, predicate=lambda c: c.bye_sent_at is not None)
+    assert sorted(c.dialled for c in calls) == numbers
+    assert all(c.answered_at is not None for c in calls)

@@ -223,3 +223,28 @@ async def test_cancelled_waiter_does_not_break_the_worker(tmp_path: Path) -> Non
         assert len(await store.load_open()) == 2  # the cancelled save still committed
     finally:
         await store.close()
+
+
+async def test_queries_use_the_indexes(tmp_path: Path) -> None:
+    """Start-up must not scan the whole (ever-growing) history or items tables."""
+    from ivr.store import _ITEM_COLUMNS, _OPEN_SQL
+
+    path = tmp_path / "ivr.db"
+    store = await SqliteStore.open(path)
+    await store.close()
+    conn = sqlite3.connect(path)
+
+    def plan(sql: str) -> str:
+        return " | ".join(row[3] for row in conn.execute("EXPLAIN QUERY PLAN " + sql))
+
+    items_plan = plan(
+        f"SELECT {_ITEM_COLUMNS} FROM items WHERE state IN ({_OPEN_SQL}) ORDER BY arrived_at, seq"
+    )
+    assert "USING INDEX items_open" in items_plan and "TEMP B-TREE" not in items_plan
+    history_plan = plan(
+        "SELECT h.item_id FROM items i CROSS JOIN history h ON h.item_id = i.id "
+        f"WHERE i.state IN ({_OPEN_SQL}) ORDER BY i.arrived_at, i.seq, h.idx"
+    )
+    assert "SCAN i USING INDEX items_open" in history_plan
+    assert "SEARCH h USING PRIMARY KEY" in history_plan
+    conn.close()

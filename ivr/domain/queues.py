@@ -405,9 +405,10 @@ class QueueEngine:
             created_at=now,
             updated_at=now,
         )
-        self._insert(q, item)
-        q.ready_inbound.add(item.key)
-        item.predicted_wait = q.estimator.estimate(q.open.rank(item.key) + 1, q.serving)
+        key = item.key  # one tuple shared by both indexes (memory at 100k items)
+        self._insert(q, item, key)
+        q.ready_inbound.add(key)
+        item.predicted_wait = q.estimator.estimate(q.open.rank(key) + 1, q.serving)
         self._record(item, "arrived", channel=channel_id)
         return item
 
@@ -530,7 +531,7 @@ class QueueEngine:
     ) -> WorkItem | None:
         for key in index:
             item = self._items[key[2]]
-            if True:
+            if agent not in item.declined_by:
                 return item
             if not any(a != agent and a not in item.declined_by for a in serving_free):
                 return item
@@ -766,10 +767,10 @@ class QueueEngine:
         if existing is not None:
             raise DuplicateCallback(self._items[existing])
 
-    def _insert(self, q: _Queue, item: WorkItem) -> None:
+    def _insert(self, q: _Queue, item: WorkItem, key: Key | None = None) -> None:
         if not q.open:
             q.estimator.queue_became_busy(self._clock.now())
-        q.open.add(item.key)
+        q.open.add(key or item.key)
         self._items[item.id] = item
 
     def _enter_pending(self, q: _Queue, item: WorkItem, now: float) -> None:

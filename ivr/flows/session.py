@@ -133,7 +133,9 @@ class ChannelSession:
             ev = await self.next()
             if isinstance(ev, ari.PlaybackFinished) and ev.playback.id == playback_id:
                 if ev.playback.state == "failed":
-                    self.log.error("playback failed (missing prompt file?): %s", media)
+                    # Prompt files are checked at start, so this is nearly always a
+                    # channel hanging up mid-prompt; its StasisEnd follows.
+                    self.log.warning("playback failed: %s", media)
                 return ""
             if isinstance(ev, ari.ChannelDtmfReceived) and ev.digit in digits:
                 await self.stop_playback(playback_id)

@@ -16,7 +16,7 @@ from collections.abc import Callable, Mapping, Sequence
 
 from hypothesis import settings
 from hypothesis import strategies as st
-from hypothesis.stateful import RuleBasedStateMachine, invariant, rule
+from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, rule
 
 from ivr.domain import (
     OPEN_STATES,
@@ -56,6 +56,11 @@ ALLOWED: dict[str, set[tuple[State, State]]] = {
 
 def fields(item: WorkItem) -> dict[str, object]:
     return {f: copy.deepcopy(getattr(item, f)) for f in WorkItem.__slots__}
+
+
+def state_of(item: WorkItem) -> State:
+    """Read the state afresh (mypy narrows item.state across engine calls)."""
+    return item.state
 
 
 def reference_dispatch(
@@ -121,6 +126,16 @@ class QueueMachine(RuleBasedStateMachine):
         }
 
     # ---------------------------------------------------------------- arrivals
+
+    @initialize(
+        callers=st.lists(st.sampled_from(QUEUES), max_size=4),
+        callbacks=st.lists(st.tuples(st.sampled_from(QUEUES), st.sampled_from(NUMBERS))),
+    )
+    def seed(self, callers: list[str], callbacks: list[tuple[str, str]]) -> None:
+        for queue in callers:
+            self.arrive(queue, None)
+        for queue, number in callbacks[:4]:
+            self.add_callback(queue, number, None)
 
     @rule(queue=st.sampled_from(QUEUES), number=st.sampled_from((*NUMBERS, None)))
     def arrive(self, queue: str, number: str | None) -> None:
@@ -231,6 +246,39 @@ class QueueMachine(RuleBasedStateMachine):
         assert agent in item.declined_by
         assert item.state in (S.WAITING, S.CALLBACK_PENDING) and item.offered_to is None
 
+    @rule(outcomes=st.lists(st.booleans(), min_size=1, max_size=4))
+    def agents_progress(self, outcomes: list[bool]) -> None:
+        """Drive offered/dialling work forward the way flows would (makes dials, retries
+        and connects common enough for the invariants to see them)."""
+        active = sorted(
+            (x for x in self.engine.open_items() if x.state in (S.OFFERED, S.DIALLING)),
+            key=lambda x: x.seq,
+        )
+        for item, succeed in zip(active, outcomes, strict=False):
+            self._progress(item, succeed)
+
+    def _progress(self, item: WorkItem, succeed: bool) -> None:
+        agent = item.offered_to or ""
+        position = self.engine.position(item.id)
+        if item.state is S.OFFERED and item.kind is Kind.INBOUND:
+            self.engine.connected(item.id, agent)
+            assert state_of(item) is S.CONNECTED
+        elif item.state is S.OFFERED:
+            attempts = item.attempts
+            self.engine.dial_started(item.id, agent)
+            assert item.attempts == attempts + 1
+            assert self.engine.position(item.id) == position
+        elif succeed:
+            self.engine.callback_connected(item.id)
+            assert state_of(item) is S.DONE
+        else:
+            self.engine.dial_failed(item.id, "noanswer")
+            if item.is_open:
+                assert item.next_eligible_at == self.clock.now() + 60
+                assert self.engine.position(item.id) == position
+            else:
+                assert item.state is S.FAILED and item.attempts >= 2
+
     @rule()
     def expire(self) -> None:
         for item in self.engine.expire_due():
@@ -255,11 +303,7 @@ class QueueMachine(RuleBasedStateMachine):
             assert keys == sorted(keys)
             assert all((i.arrived_at, i.seq) == self.keys[i.id] for i in listed)
             expected = sorted(
-                (
-                    i
-                    for i in self.engine.open_items()
-                    if i.queue == q and i.state in OPEN_STATES
-                ),
+                (i for i in self.engine.open_items() if i.queue == q and i.state in OPEN_STATES),
                 key=lambda i: self.keys[i.id],
             )
             assert [i.id for i in listed] == [i.id for i in expected]
@@ -276,9 +320,7 @@ class QueueMachine(RuleBasedStateMachine):
     @invariant()
     def one_offer_per_agent_and_item(self) -> None:
         holders = [
-            i.offered_to
-            for i in self.engine.open_items()
-            if i.state in (S.OFFERED, S.DIALLING)
+            i.offered_to for i in self.engine.open_items() if i.state in (S.OFFERED, S.DIALLING)
         ]
         assert None not in holders
         assert len(holders) == len(set(holders))
@@ -294,7 +336,5 @@ class QueueMachine(RuleBasedStateMachine):
                 assert self.engine.open_callback_for(item.queue, item.number or "") is item
 
 
-QueueMachine.TestCase.settings = settings(
-    max_examples=60, stateful_step_count=40, deadline=None
-)
+QueueMachine.TestCase.settings = settings(max_examples=80, stateful_step_count=50, deadline=None)
 TestQueueMachine = QueueMachine.TestCase

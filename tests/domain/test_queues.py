@@ -608,3 +608,16 @@ def test_order_index_matches_a_sorted_list() -> None:
                 assert probe in index
     assert len(index) == len(model)
     assert index.first() == (model[0] if model else None)
+
+
+def test_set_policy_applies_new_limits_and_adds_queues() -> None:
+    engine, _ = make_engine(QueuePolicy("q", max_waiting=5))
+    for i in range(3):
+        engine.arrive("q", channel_id=f"c{i}", number=None)
+    assert not engine.in_overflow("q")
+    engine.set_policy(QueuePolicy("q", max_waiting=2))
+    assert engine.in_overflow("q")
+    engine.set_policy(QueuePolicy("new"))
+    assert "new" in engine.queue_names()
+    with pytest.raises(ValueError):
+        engine.set_serving_agents("q", -1)
