@@ -22,7 +22,7 @@ from ivr.domain.items import Kind, State, WorkItem
 from ivr.domain.queues import QueueError
 from ivr.flows.caller import CallerSession, ask_connect
 from ivr.flows.context import FlowContext
-from ivr.flows.session import ChannelSession, Hangup, Message
+from ivr.flows.session import ChannelSession, Hangup, Message, say_digits, say_number
 from ivr.flows.switchboard import Switchboard
 
 log = logging.getLogger("ivr.flows.agents")
@@ -378,9 +378,9 @@ class AgentLeg(ChannelSession):
         minutes = max(0, round((self.ctx.now() - self.item.arrived_at) / 60))
         media = [
             self.ctx.prompt(self.q, "preview_intro"),
-            f"digits:{self.item.number or ''}",
+            *say_digits(self.item.number or ""),
             self.ctx.prompt(self.q, "preview_waited"),
-            f"number:{minutes}",
+            *say_number(minutes),
             self.ctx.prompt(self.q, "minutes"),
             self.ctx.prompt(self.q, "preview_accept"),
         ]

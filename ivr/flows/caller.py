@@ -18,7 +18,7 @@ from ivr.config import QueueConfig
 from ivr.domain.items import State, WorkItem
 from ivr.domain.queues import DuplicateCallback, InvalidTransition
 from ivr.flows.context import FlowContext
-from ivr.flows.session import ChannelSession, Hangup, Message
+from ivr.flows.session import ChannelSession, Hangup, Message, say_digits
 
 log = logging.getLogger("ivr.flows.caller")
 
@@ -262,7 +262,7 @@ class CallerSession(ChannelSession):
         for _ in range(MAX_ENTRY_TRIES):
             number = await self.collect_digits(q)
             if number and self.ctx.guards[q.name].check(number) is None:
-                readback = [self.ctx.prompt(q, "number_readback"), f"digits:{number}",
+                readback = [self.ctx.prompt(q, "number_readback"), *say_digits(number),
                             self.ctx.prompt(q, "confirm_number")]
                 answer = await self.play_until(readback, {"1", "2"})
                 if answer == "":

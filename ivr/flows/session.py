@@ -52,6 +52,21 @@ class ItemLogger(logging.LoggerAdapter[logging.Logger]):
         return f"[item={extra.get('item', '-')} chan={extra.get('chan', '-')}] {msg}", kwargs
 
 
+def say_digits(number: str) -> list[str]:
+    """A number read digit by digit, one stoppable playback each (``digits:`` is not
+    stoppable on Asterisk 22)."""
+    return [f"sound:digits/{d}" for d in number if d.isdigit()]
+
+
+def say_number(n: int) -> list[str]:
+    """A whole number as Asterisk's English digit files (0-99); ``number:`` beyond."""
+    if n < 0 or n >= 100:
+        return [f"number:{n}"]
+    if n <= 20 or n % 10 == 0:
+        return [f"sound:digits/{n}"]
+    return [f"sound:digits/{n - n % 10}", f"sound:digits/{n % 10}"]
+
+
 class ChannelSession:
     """Base for caller, agent and customer legs."""
 
@@ -83,7 +98,8 @@ class ChannelSession:
             ev = await asyncio.wait_for(self.inbox.get(), timeout)
         except TimeoutError:
             return None
-        if isinstance(ev, ari.StasisEnd | ari.ChannelDestroyed):
+        if isinstance(ev, ari.StasisEnd | ari.ChannelDestroyed) \
+                and ev.channel_id == self.channel_id:
             self.gone = True
             raise Hangup()
         return ev
@@ -116,8 +132,14 @@ class ChannelSession:
         return playback_id
 
     async def stop_playback(self, playback_id: str) -> None:
-        with contextlib.suppress(AriNotFound, AriConflict):
+        try:
             await self.ari.stop_playback(playback_id)
+        except (AriNotFound, AriConflict):
+            pass  # finished or the channel is gone
+        except ari.AriUnavailable as exc:
+            # 500 "Could not stop playback": a say-type media (digits:, number:) has no
+            # stop control. It ends by itself; its PlaybackFinished comes in order.
+            self.log.debug("playback %s not stoppable: %s", playback_id, exc)
 
     async def play_until(
         self,
@@ -125,19 +147,36 @@ class ChannelSession:
         digits: Collection[str] = (),
         on_message: Callable[[Message], bool] | None = None,
     ) -> str | Message:
-        """Play to the end or until one of ``digits`` (barge-in; the playback is stopped).
-        Returns the digit, ``""`` when the playback finished (or failed), or a message
-        for which ``on_message`` returned True (the playback is stopped then too)."""
-        playback_id = await self.play(media)
+        """Play each media in turn, to the end or until one of ``digits`` (barge-in; the
+        playback is stopped). Returns the digit, ``""`` when all finished (or failed), or
+        a message for which ``on_message`` returned True (the playback is stopped too).
+
+        One playback per media, not one ARI playlist: on Asterisk 22 stopping a playlist
+        playback ends only its current item, and the channel stays busy with the rest
+        (a bridge addChannel then waits behind it)."""
+        for uri in media:
+            got = await self._play_one(uri, digits, on_message)
+            if got != "":
+                return got
+        return ""
+
+    async def _play_one(
+        self,
+        uri: str,
+        digits: Collection[str],
+        on_message: Callable[[Message], bool] | None,
+    ) -> str | Message:
+        playback_id = await self.play([uri])
         while True:
             ev = await self.next()
             if isinstance(ev, ari.PlaybackFinished) and ev.playback.id == playback_id:
                 if ev.playback.state == "failed":
                     # Prompt files are checked at start, so this is nearly always a
                     # channel hanging up mid-prompt; its StasisEnd follows.
-                    self.log.warning("playback failed: %s", media)
+                    self.log.warning("playback failed: %s", uri)
                 return ""
-            if isinstance(ev, ari.ChannelDtmfReceived) and ev.digit in digits:
+            if isinstance(ev, ari.ChannelDtmfReceived) and ev.digit in digits \
+                    and ev.channel_id == self.channel_id:
                 await self.stop_playback(playback_id)
                 return ev.digit
             if isinstance(ev, Message) and on_message is not None and on_message(ev):

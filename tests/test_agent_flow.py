@@ -1,0 +1,376 @@
+"""The agent's half on the real Asterisk: sipp softphones as agents, sipp as the carrier
+that receives the callbacks (SPEC R7-R11, R14, R15)."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator, Callable, Mapping
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from ivr.app import Service, running
+from ivr.domain.items import Kind, State
+from ivr.flows.agents import AgentStatus
+from ivr.sandbox import AsteriskInstance
+from tests.appcfg import write_config
+from tests.observer import AriObserver, Event
+from tests.sip import BUSY, RING_FOREVER, CallBehaviour, ReceivedCall, SipCaller, SipPhone
+from tests.test_caller_flow import (
+    SHORT,
+    _stored_item,
+    caller_channel,
+    is_playback,
+    playbacks,
+    ts,
+    until,
+)
+
+ACCEPT = CallBehaviour(answer_after=0.3, digits=[(0.6, "1")])
+DECLINE = CallBehaviour(answer_after=0.3, digits=[(0.6, "2")])
+SILENT = CallBehaviour(answer_after=0.3)
+
+
+def agents_cfg(*names: str, queue: str) -> dict[str, dict[str, Any]]:
+    return {n: {"endpoint": f"PJSIP/{n}", "queues": [queue]} for n in names}
+
+
+@pytest.fixture
+async def service(
+    asterisk: AsteriskInstance, tmp_path: Path
+) -> AsyncIterator[Callable[..., Any]]:
+    """``await service(queues, agents, not_ready=[...])``: the real service in-process;
+    agents listed in ``not_ready`` are set not-ready before any call arrives."""
+    stack: list[Any] = []
+
+    async def start(queues: Mapping[str, Mapping[str, Any]],
+                    agents: Mapping[str, Mapping[str, Any]],
+                    not_ready: tuple[str, ...] = ()) -> Service:
+        cfg = write_config(asterisk, tmp_path, queues, agents)
+        cm = running(cfg)
+        svc = await cm.__aenter__()
+        stack.append(cm)
+        assert svc.dispatcher is not None
+        await until(lambda: all(a.reachable for a in svc.dispatcher.agents.values()))  # type: ignore[union-attr]
+        for name in not_ready:
+            svc.dispatcher.set_ready(name, False)
+        return svc
+
+    yield start
+    for cm in reversed(stack):
+        await cm.__aexit__(None, None, None)
+
+
+def status(svc: Service, agent: str) -> AgentStatus:
+    assert svc.dispatcher is not None
+    return svc.dispatcher.agents[agent].status
+
+
+def bridged(obs: AriObserver, chan: str) -> list[Event]:
+    return obs.find(lambda e: e.get("type") == "ChannelEnteredBridge"
+                    and e["channel"]["id"] == chan)
+
+
+async def nothing_left(svc: Service) -> None:
+    """No channel of ours in Asterisk and no bridge: nothing half-up after the flows."""
+    await until(lambda: not svc.switchboard or not svc.switchboard.sessions, timeout=20)
+    channels = await svc.ari.list_channels()
+    assert [c.name for c in channels if c.app_data.startswith(svc.cfg.ari.app)] == []
+    assert await svc.ari.list_bridges() == []
+
+
+async def request_callback(asterisk: AsteriskInstance, obs: AriObserver, did: str,
+                           number: str) -> str:
+    """A caller waits, hears the offer, presses 1, is hung up on; returns the channel."""
+    c = SipCaller(asterisk, did, caller=number, digits=[(1.6, "1")], max_duration=30)
+    c.start()
+    chan, _ = await caller_channel(obs, number)
+    result = await c.wait(30)
+    assert result.hung_up_by == "them", c.describe()
+    return chan
+
+
+CB_QUEUE = {"max_waiting": None, "max_ewt": "30s", "first_offer_after": "1s",
+            "repeat_offer_every": "60s", "prompts": SHORT}
+
+
+# ---------------------------------------------------------------------- inbound (R9)
+
+
+async def test_inbound_caller_is_bridged_to_the_free_agent(
+    asterisk: AsteriskInstance, ari_observer: AriObserver, service: Callable[..., Any],
+    sip_phone: Callable[..., SipPhone],
+) -> None:
+    svc = await service({"q7201": {"max_waiting": 5}}, agents_cfg("agent1", queue="q7201"))
+    phone = sip_phone("agent1", behaviours=CallBehaviour(answer_after=0.5, hangup_after=3.0))
+    caller = SipCaller(asterisk, "7201", caller="5550201", caller_name="Ada", max_duration=30)
+    caller.start()
+    chan, _ = await caller_channel(ari_observer, "5550201")
+    [call] = await phone.wait_for_calls(1, 20)
+    assert call.header("X-Work-Type") == "inbound"
+    assert call.from_number == "5550201" and call.from_name == "Ada"
+    await until(lambda: len(bridged(ari_observer, chan)) == 1)
+    bridge_id = bridged(ari_observer, chan)[0]["bridge"]["id"]
+    members = ari_observer.find(lambda e: e.get("type") == "ChannelEnteredBridge"
+                                and e["bridge"]["id"] == bridge_id)
+    assert len(members) == 2  # caller and agent in one bridge: the audio path
+    result = await caller.wait(30)
+    assert result.hung_up_by == "them"  # the agent hung up; we tore the caller down
+    [done] = await phone.wait_for_calls(1, 10, lambda c: c.ended)
+    assert done.bye_sent_at is not None and result.bye_received_at is not None
+    assert result.bye_received_at >= done.bye_sent_at - 0.5
+    stored = await _stored_item(svc, "5550201")
+    assert stored.state == State.CONNECTED
+    await nothing_left(svc)
+
+
+async def test_offer_stops_when_an_agent_takes_the_caller(
+    asterisk: AsteriskInstance, ari_observer: AriObserver, service: Callable[..., Any],
+    sip_phone: Callable[..., SipPhone],
+) -> None:
+    """R3: connected to an agent while the offer plays -> the offer stops at once."""
+    svc = await service({"q7202": {"max_waiting": None, "max_ewt": "30s",
+                                   "first_offer_after": "1s", "repeat_offer_every": "60s"}},
+                        agents_cfg("agent1", queue="q7202"), not_ready=("agent1",))
+    phone = sip_phone("agent1", behaviours=CallBehaviour(answer_after=0.2, hangup_after=2.0))
+    caller = SipCaller(asterisk, "7202", caller="5550202", max_duration=30)
+    caller.start()
+    chan, _ = await caller_channel(ari_observer, "5550202")
+    await until(lambda: bool(playbacks(ari_observer, chan, "en/offer")))
+    assert svc.dispatcher is not None
+    svc.dispatcher.set_ready("agent1", True)
+    stopped = await ari_observer.wait_for(
+        lambda e: is_playback(e, "PlaybackFinished", chan, "en/offer"))
+    started = playbacks(ari_observer, chan, "en/offer")[0]
+    assert ts(stopped) - ts(started) < 7.0  # the 8.8 s offer was cut short
+    await phone.wait_for_calls(1, 10, lambda c: c.answered_at is not None)
+    await until(lambda: len(bridged(ari_observer, chan)) == 1)
+    assert (await caller.wait(30)).hung_up_by == "them"
+    await nothing_left(svc)
+
+
+async def test_caller_hangs_up_while_agent_rings(
+    asterisk: AsteriskInstance, ari_observer: AriObserver, service: Callable[..., Any],
+    sip_phone: Callable[..., SipPhone],
+) -> None:
+    svc = await service({"q7203": {"max_waiting": 5, "ring_timeout": "20s"}},
+                        agents_cfg("agent1", queue="q7203"))
+    phone = sip_phone("agent1", behaviours=RING_FOREVER)
+    caller = SipCaller(asterisk, "7203", caller="5550203", hangup_after=2.0, max_duration=30)
+    caller.start()
+    await phone.wait_for_calls(1, 20)
+    assert (await caller.wait(30)).hung_up_by == "us"
+    await phone.wait_for_calls(1, 20, lambda c: c.cancelled_at is not None)
+    assert (await _stored_item(svc, "5550203")).state == State.ABANDONED
+    await until(lambda: status(svc, "agent1") == AgentStatus.AVAILABLE)
+    await nothing_left(svc)
+
+
+async def test_no_answer_moves_on_and_sets_agent_not_ready(
+    asterisk: AsteriskInstance, ari_observer: AriObserver, service: Callable[..., Any],
+    sip_phone: Callable[..., SipPhone],
+) -> None:
+    svc = await service({"q7204": {"max_waiting": 5, "ring_timeout": "2s"}},
+                        agents_cfg("agent1", "agent2", queue="q7204"), not_ready=("agent2",))
+    silent = sip_phone("agent1", behaviours=RING_FOREVER)
+    other = sip_phone("agent2", behaviours=CallBehaviour(answer_after=0.3, hangup_after=1.0))
+    caller = SipCaller(asterisk, "7204", caller="5550204", max_duration=30)
+    caller.start()
+    await silent.wait_for_calls(1, 20)
+    await until(lambda: status(svc, "agent1") == AgentStatus.NOT_READY, timeout=15)
+    assert svc.dispatcher is not None
+    svc.dispatcher.set_ready("agent2", True)
+    await other.wait_for_calls(1, 20, lambda c: c.answered_at is not None)
+    assert (await caller.wait(30)).hung_up_by == "them"
+    assert len(silent.calls()) == 1
+    await nothing_left(svc)
+
+
+# ---------------------------------------------------------------------- callbacks (R7, R8)
+
+
+async def test_full_direct_callback(
+    asterisk: AsteriskInstance, ari_observer: AriObserver, service: Callable[..., Any],
+    sip_phone: Callable[..., SipPhone], sip_carrier: Callable[..., Any],
+) -> None:
+    """The source document end to end: press 1, hang up; the agent frees up; the agent's
+    phone rings marked as a callback; the agent presses 1; only then is the customer
+    dialled with the queue's caller id; answer -> bridged."""
+    svc = await service({"q7205": CB_QUEUE}, agents_cfg("agent1", queue="q7205"),
+                        not_ready=("agent1",))
+    phone = sip_phone("agent1", behaviours=CallBehaviour(answer_after=0.3,
+                                                         digits=[(1.0, "1")]))
+    carrier = sip_carrier(behaviours=CallBehaviour(answer_after=0.5, hangup_after=2.0))
+    await request_callback(asterisk, ari_observer, "7205", "5550205")
+    assert carrier.calls() == [] and phone.calls() == []
+    assert svc.dispatcher is not None
+    svc.dispatcher.set_ready("agent1", True)
+
+    [offer] = await phone.wait_for_calls(1, 20, lambda c: c.answered_at is not None)
+    assert offer.header("X-Work-Type") == "callback"
+    assert offer.from_name is not None and "CALLBACK" in offer.from_name.upper()
+    assert offer.from_number == "5550205"
+    agent_chan = await _agent_channel(ari_observer, offer)
+    accept = await ari_observer.wait_type("ChannelDtmfReceived", channel_id=agent_chan)
+    assert accept["digit"] == "1"
+    # The preview played (callback intro, the number as digits) before the accept.
+    assert playbacks(ari_observer, agent_chan, "en/preview_intro")
+
+    [dialled] = await carrier.wait_for_calls(1, 20)
+    assert dialled.dialled == "5550205"
+    assert dialled.from_number == "5550100"  # the queue's caller id
+    assert dialled.invited_at >= ts(accept) - 0.05  # nothing dialled before the 1
+    await until(lambda: len(bridged(ari_observer, agent_chan)) == 1)
+    [done] = await carrier.wait_for_calls(1, 20, lambda c: c.ended)
+    assert done.bye_sent_at is not None  # the customer hung up ...
+    [agent_call] = await phone.wait_for_calls(1, 20, lambda c: c.ended)
+    assert agent_call.bye_received_at is not None  # ... and we hung up the agent
+    stored = await _stored_item(svc, "5550205")
+    assert stored.state == State.DONE and stored.attempts == 1
+    await nothing_left(svc)
+
+
+async def _agent_channel(obs: AriObserver, call: ReceivedCall) -> str:
+    ev = await obs.wait_for(
+        lambda e: e.get("type") == "ChannelStateChange" and e["channel"]["state"] == "Up"
+        and str(e["channel"]["name"]).startswith("PJSIP/agent")
+        and e["channel"]["connected"]["number"] == call.from_number
+    )
+    return str(ev["channel"]["id"])
+
+
+async def test_decline_goes_to_next_agent_and_silent_agent_goes_not_ready(
+    asterisk: AsteriskInstance, ari_observer: AriObserver, service: Callable[..., Any],
+    sip_phone: Callable[..., SipPhone], sip_carrier: Callable[..., Any],
+) -> None:
+    svc = await service({"q7206": CB_QUEUE}, agents_cfg("agent1", "agent2", "agent3",
+                                                        queue="q7206"),
+                        not_ready=("agent1", "agent2", "agent3"))
+    decliner = sip_phone("agent1", behaviours=DECLINE)
+    silent = sip_phone("agent2", behaviours=SILENT)
+    taker = sip_phone("agent3", behaviours=ACCEPT)
+    carrier = sip_carrier(behaviours=CallBehaviour(answer_after=0.3, hangup_after=1.0))
+    await request_callback(asterisk, ari_observer, "7206", "5550206")
+    d = svc.dispatcher
+    assert d is not None
+    d.set_ready("agent1", True)
+    await decliner.wait_for_calls(1, 20)
+    # agent2 becomes free while agent1 previews; agent1's 2 sends the item to agent2.
+    d.set_ready("agent2", True)
+    await decliner.wait_for_calls(1, 20, lambda c: c.ended)
+    await silent.wait_for_calls(1, 20)
+    assert carrier.calls() == []  # a decline dials nothing
+    item = next(i for i in svc.engine.items("q7206") if i.kind == Kind.CALLBACK)
+    assert svc.engine.position(item.id) == 1 and item.attempts == 0  # not an attempt
+    assert status(svc, "agent1") == AgentStatus.AVAILABLE
+    d.set_ready("agent3", True)
+    # agent2 never answers the preview: preview_timeout, not-ready, and agent3 gets it
+    # (agent1, free too, declined it and is not asked again while agent3 can take it).
+    await silent.wait_for_calls(1, 20, lambda c: c.ended)
+    await until(lambda: status(svc, "agent2") == AgentStatus.NOT_READY, timeout=20)
+    await taker.wait_for_calls(1, 20, lambda c: c.answered_at is not None)
+    [dialled] = await carrier.wait_for_calls(1, 20)
+    assert dialled.dialled == "5550206"
+    assert len(decliner.calls()) == 1 and len(silent.calls()) == 1
+    await until(lambda: svc.engine.items("q7206") == [])
+    assert (await _stored_item(svc, "5550206")).state == State.DONE
+    await nothing_left(svc)
+
+
+async def test_customer_no_answer_then_busy_retries_then_fails(
+    asterisk: AsteriskInstance, ari_observer: AriObserver, service: Callable[..., Any],
+    sip_phone: Callable[..., SipPhone], sip_carrier: Callable[..., Any],
+) -> None:
+    """R10: each failed attempt keeps the place, waits retry_interval; max_attempts ->
+    failed. The agent hears a short notice each time and is freed."""
+    svc = await service({"q7207": {**CB_QUEUE, "max_attempts": 2, "retry_interval": "3s"}},
+                        agents_cfg("agent1", queue="q7207"), not_ready=("agent1",))
+    phone = sip_phone("agent1", behaviours=ACCEPT)
+    carrier = sip_carrier(behaviours=[RING_FOREVER, BUSY])
+    await request_callback(asterisk, ari_observer, "7207", "5550207")
+    assert svc.dispatcher is not None
+    svc.dispatcher.set_ready("agent1", True)
+    calls = await carrier.wait_for_calls(2, 60, lambda c: c.ended)
+    assert calls[0].cancelled_at is not None  # no answer within dial_timeout (5 s)
+    assert calls[1].rejected_with == 486
+    assert calls[1].invited_at - calls[0].cancelled_at >= 3.0 - 0.5  # retry_interval
+    await until(lambda: not svc.engine.items("q7207"), timeout=20)
+    stored = await _stored_item(svc, "5550207")
+    assert stored.state == State.FAILED and stored.attempts == 2
+    assert len(phone.calls()) == 2
+
+    def notices() -> list[Event]:
+        return ari_observer.find(lambda e: e.get("type") == "PlaybackFinished" and str(
+            e["playback"]["media_uri"]).endswith("en/callback_failed"))
+
+    await until(lambda: len(notices()) == 2, timeout=20)
+    assert all(n["playback"]["state"] == "done" for n in notices())  # heard to the end
+    await until(lambda: status(svc, "agent1") == AgentStatus.AVAILABLE)
+    await nothing_left(svc)
+
+
+async def test_order_two_callbacks_and_one_inbound_two_agents(
+    asterisk: AsteriskInstance, ari_observer: AriObserver, service: Callable[..., Any],
+    sip_phone: Callable[..., SipPhone], sip_carrier: Callable[..., Any],
+) -> None:
+    svc = await service({"q7208": CB_QUEUE}, agents_cfg("agent1", "agent2", queue="q7208"),
+                        not_ready=("agent1", "agent2"))
+    talk = CallBehaviour(answer_after=0.3, digits=[(0.6, "1")], hangup_after=2.5)
+    p1 = sip_phone("agent1", behaviours=talk)
+    p2 = sip_phone("agent2", behaviours=talk)
+    carrier = sip_carrier(behaviours=CallBehaviour(answer_after=0.3))
+    await request_callback(asterisk, ari_observer, "7208", "5550281")
+    live = SipCaller(asterisk, "7208", caller="5550282", max_duration=60)
+    live.start()
+    await caller_channel(ari_observer, "5550282")
+    await request_callback(asterisk, ari_observer, "7208", "5550283")
+    queue = svc.engine.items("q7208")
+    assert [(i.number, i.kind) for i in queue] == [
+        ("5550281", Kind.CALLBACK), ("5550282", Kind.INBOUND), ("5550283", Kind.CALLBACK)]
+    assert svc.dispatcher is not None
+    svc.dispatcher.set_ready("agent1", True)
+    svc.dispatcher.set_ready("agent2", True)
+    await until(lambda: len(p1.calls()) + len(p2.calls()) == 3, timeout=60)
+    offers = sorted(p1.calls() + p2.calls(), key=lambda c: c.invited_at)
+    assert [c.from_number for c in offers] == ["5550281", "5550282", "5550283"]
+    assert offers[0].header("X-Work-Type") == "callback"
+    assert offers[1].header("X-Work-Type") == "inbound"
+    await carrier.wait_for_calls(2, 30)
+    assert [c.dialled for c in carrier.calls()] == ["5550281", "5550283"]
+    await until(lambda: not svc.engine.items("q7208"), timeout=30)
+    assert (await live.wait(30)).hung_up_by == "them"
+    await nothing_left(svc)
+
+
+async def test_hangups_mid_preview_and_mid_dial_lose_nothing(
+    asterisk: AsteriskInstance, ari_observer: AriObserver, service: Callable[..., Any],
+    sip_phone: Callable[..., SipPhone], sip_carrier: Callable[..., Any],
+) -> None:
+    """Agent hangs up during the preview: the item keeps position 1, not an attempt.
+    Agent hangs up while the customer rings: the dial is cancelled, the attempt counts,
+    the callback stays. Nothing is left in Asterisk either way."""
+    svc = await service({"q7209": {**CB_QUEUE, "retry_interval": "60s"}},
+                        agents_cfg("agent1", queue="q7209"), not_ready=("agent1",))
+    phone = sip_phone("agent1", behaviours=[
+        CallBehaviour(answer_after=0.3, hangup_after=1.0),                  # mid-preview
+        CallBehaviour(answer_after=0.3, digits=[(0.5, "1")], hangup_after=2.5),  # mid-dial
+    ])
+    carrier = sip_carrier(behaviours=RING_FOREVER)
+    await request_callback(asterisk, ari_observer, "7209", "5550209")
+    assert svc.dispatcher is not None
+    svc.dispatcher.set_ready("agent1", True)
+    await phone.wait_for_calls(1, 20, lambda c: c.ended)
+    assert carrier.calls() == []
+    # The agent hung up on the preview: declined-like, so they stay available.
+    await phone.wait_for_calls(2, 30, lambda c: c.ended)
+    [cancelled] = await carrier.wait_for_calls(1, 20, lambda c: c.cancelled_at is not None)
+    assert cancelled.dialled == "5550209"
+    await until(lambda: bool(svc.engine.items("q7209"))
+                and svc.engine.items("q7209")[0].state == State.CALLBACK_PENDING)
+    [item] = svc.engine.items("q7209")
+    assert item.attempts == 1 and svc.engine.position(item.id) == 1
+    await nothing_left(svc)
+    stored = await _stored_item(svc, "5550209")
+    assert stored.state == State.CALLBACK_PENDING
+    assert asyncio.get_running_loop()  # the service loop is still healthy
