@@ -202,6 +202,9 @@ class AsteriskInstance:
     reg_password: str
     prompts_dir: str
     test_dids: bool
+    sip_bind: str = "127.0.0.1"
+    #: quick start only: a registering account (context from-carrier) to play the caller
+    caller_password: str = ""
     pid: int | None = None
     _proc: subprocess.Popen[bytes] | None = field(default=None, repr=False, compare=False)
 
@@ -441,7 +444,7 @@ def _render(inst: AsteriskInstance, config_src: Path, agents: Sequence[str]) -> 
     media = "media_address = 127.0.0.1\nbind_rtp_to_media_address = yes\n"
     _edit(
         etc / "pjsip.conf",
-        ("bind = 0.0.0.0:5060", f"bind = 127.0.0.1:{inst.sip_port}"),
+        ("bind = 0.0.0.0:5060", f"bind = {inst.sip_bind}:{inst.sip_port}"),
         (
             "contact = sip:192.0.2.10:5060\nqualify_frequency = 60",
             f"contact = sip:{inst.carrier_host}:{inst.carrier_port}\nqualify_frequency = 0",
@@ -464,6 +467,13 @@ def _render(inst: AsteriskInstance, config_src: Path, agents: Sequence[str]) -> 
         f"password = {inst.reg_password}\n\n"
         f"[{inst.reg_user}](agent-aor)\nqualify_frequency = 0\n"
     )
+    if inst.caller_password:
+        # Quick start: a softphone account that dials in like the carrier does.
+        agent_blocks.append(
+            "[caller](agent-endpoint)\ncontext = from-carrier\nauth = caller\naors = caller\n\n"
+            f"[caller](agent-auth)\nusername = caller\npassword = {inst.caller_password}\n\n"
+            "[caller](agent-aor)\nqualify_frequency = 0\n"
+        )
     (etc / "pjsip_agents.conf").write_text("\n".join(agent_blocks))
 
     ext = etc / "extensions.conf"
@@ -489,6 +499,8 @@ def start(
     agents: Sequence[str] = DEFAULT_AGENTS,
     test_dids: bool = True,
     sip_port: int | None = None,
+    sip_bind: str = "127.0.0.1",
+    demo_caller: bool = False,
     http_port: int | None = None,
     carrier_host: str = "127.0.0.2",
     timeout: float = START_TIMEOUT,
@@ -525,6 +537,8 @@ def start(
         agent_ports={a: free_port() for a in agents},
         reg_user="regagent",
         reg_password=secrets.token_hex(12),
+        sip_bind=sip_bind,
+        caller_password=secrets.token_hex(12) if demo_caller else "",
         prompts_dir=f"{run_c}/prompts",
         test_dids=test_dids,
     )
@@ -557,10 +571,16 @@ def _main(argv: Sequence[str] | None = None) -> int:
     p_up.add_argument("--app-name", default="ivr")
     p_up.add_argument("--sip-port", type=int)
     p_up.add_argument("--http-port", type=int)
+    p_up.add_argument("--sip-bind", default="127.0.0.1",
+                      help="SIP address (0.0.0.0 lets softphones on other hosts in)")
+    p_up.add_argument("--demo-caller", action="store_true",
+                      help="add a registering 'caller' account that can dial the DIDs")
     p_up.add_argument("--state-dir", type=Path, default=Path(".sandbox"))
     p_down = sub.add_parser("down", help="stop the Asterisk started by `up`")
     p_down.add_argument("--state-dir", type=Path, default=Path(".sandbox"))
     p_down.add_argument("--remove", action="store_true", help="also delete its run dir")
+    p_status = sub.add_parser("status", help="exit 0 when the Asterisk of `up` runs")
+    p_status.add_argument("--state-dir", type=Path, default=Path(".sandbox"))
     args = parser.parse_args(argv)
 
     try:
@@ -580,6 +600,8 @@ def _main(argv: Sequence[str] | None = None) -> int:
                 app_name=args.app_name,
                 sip_port=args.sip_port,
                 http_port=args.http_port,
+                sip_bind=args.sip_bind,
+                demo_caller=args.demo_caller,
                 detached=True,
             )
             try:
@@ -599,6 +621,13 @@ def _main(argv: Sequence[str] | None = None) -> int:
                 f"SIP udp 127.0.0.1:{inst.sip_port}"
             )
             print(f"credentials and details: {state.resolve()}")
+        elif args.cmd == "status":
+            state = args.state_dir / STATE_FILE
+            if not state.exists() or not state.stat().st_size:
+                return 1
+            inst = AsteriskInstance.from_json(json.loads(state.read_text()))
+            print(f"running (pid {inst.pid})" if inst.running() else "stopped")
+            return 0 if inst.running() else 1
         elif args.cmd == "down":
             state = args.state_dir / STATE_FILE
             if not state.exists():

@@ -4,6 +4,7 @@ never talks to Asterisk. (The consoles and the full API come with their own issu
 from __future__ import annotations
 
 import hmac
+import math
 import secrets
 from collections.abc import Awaitable, Callable
 from typing import Any
@@ -45,7 +46,7 @@ async def queues(request: web.Request) -> web.Response:
         items = ctx.engine.items(name)
         out[name] = {
             "waiting": len(items),
-            "ewt": ctx.engine.ewt(name),
+            "ewt": _finite(ctx.engine.ewt(name)),
             "overflow": ctx.engine.in_overflow(name),
             "items": [
                 {"id": i.id, "kind": i.kind, "state": i.state, "position": pos,
@@ -75,6 +76,11 @@ async def metrics(request: web.Request) -> web.Response:
     for name in ctx.cfg.queues:
         lines.append(f'ivr_queue_waiting{{queue="{name}"}} {ctx.engine.waiting_count(name)}')
     return web.Response(text="\n".join(lines) + "\n", content_type="text/plain")
+
+
+def _finite(x: float) -> float | None:
+    """JSON has no Infinity: an EWT with no serving agent is reported as null."""
+    return x if math.isfinite(x) else None
 
 
 def make_web_app(ctx: FlowContext, dispatcher: Dispatcher) -> web.Application:
