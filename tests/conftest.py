@@ -15,6 +15,7 @@ import pytest
 
 from ivr import sandbox
 from ivr.sandbox import AsteriskInstance
+from tests import sip
 from tests.observer import AriObserver
 from tests.sip import SipCaller, SipCarrier, SipPhone
 
@@ -46,6 +47,12 @@ def finish_asterisk(inst: AsteriskInstance) -> None:
         inst.stop()
     else:
         inst.remove()
+
+
+@pytest.fixture(autouse=True)
+def _no_sipp_left_behind() -> Iterator[None]:
+    yield
+    sip.stop_all()
 
 
 @pytest.fixture(scope="session")

@@ -269,6 +269,7 @@ class _Sipp:
             "-error_file",
             str(self.error_log),
         ]
+        _STARTED.append(self)
         with self.output_log.open("wb") as out:
             self.proc = subprocess.Popen(
                 self.args,
@@ -325,6 +326,15 @@ class _Sipp:
             shutil.rmtree(self.dir, ignore_errors=True)
 
 
+_STARTED: list[_Sipp] = []
+
+
+def stop_all() -> None:
+    """Stop every sipp started so far (a test that failed midway leaves its peers)."""
+    while _STARTED:
+        _STARTED.pop().stop()
+
+
 # ------------------------------------------------------------------ caller
 
 
@@ -365,6 +375,7 @@ class SipCaller:
         max_duration: float = 120.0,
         send_info_at: float | None = None,
         info_digit: str = "1",
+        infos: Sequence[tuple[float, str]] = (),
     ) -> None:
         self.instance = instance
         self.did = did
@@ -389,6 +400,8 @@ class SipCaller:
         events: list[tuple[float, str]] = [(t, "dtmf:" + d) for t, d in digits]
         if send_info_at is not None:
             events.append((send_info_at, "info:" + info_digit))
+        # Digits as SIP INFO: unlike the RTP pcaps, any number of them, repeats included.
+        events.extend((t, "info:" + d) for t, d in infos)
         cseq = [1]
 
         def render_event(i: int, what: str) -> str:

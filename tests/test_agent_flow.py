@@ -46,13 +46,16 @@ async def service(
 
     async def start(queues: Mapping[str, Mapping[str, Any]],
                     agents: Mapping[str, Mapping[str, Any]],
-                    not_ready: tuple[str, ...] = ()) -> Service:
+                    not_ready: tuple[str, ...] = (),
+                    wait_reachable: bool = True) -> Service:
         cfg = write_config(asterisk, tmp_path, queues, agents)
         cm = running(cfg)
         svc = await cm.__aenter__()
         stack.append(cm)
         assert svc.dispatcher is not None
-        await until(lambda: all(a.reachable for a in svc.dispatcher.agents.values()))  # type: ignore[union-attr]
+        d = svc.dispatcher
+        if wait_reachable:
+            await until(lambda: all(a.reachable for a in d.agents.values()))
         for name in not_ready:
             svc.dispatcher.set_ready(name, False)
         return svc
@@ -332,10 +335,13 @@ async def test_order_two_callbacks_and_one_inbound_two_agents(
     svc.dispatcher.set_ready("agent1", True)
     svc.dispatcher.set_ready("agent2", True)
     await until(lambda: len(p1.calls()) + len(p2.calls()) == 3, timeout=60)
-    offers = sorted(p1.calls() + p2.calls(), key=lambda c: c.invited_at)
-    assert [c.from_number for c in offers] == ["5550281", "5550282", "5550283"]
-    assert offers[0].header("X-Work-Type") == "callback"
-    assert offers[1].header("X-Work-Type") == "inbound"
+    # One pass, two free agents: the longest idle (agent1) gets the earliest item, agent2
+    # the next; the third goes out only when one of them is free again.
+    first1, first2 = p1.calls()[0], p2.calls()[0]
+    assert (first1.from_number, first1.header("X-Work-Type")) == ("5550281", "callback")
+    assert (first2.from_number, first2.header("X-Work-Type")) == ("5550282", "inbound")
+    [third] = [c for c in p1.calls() + p2.calls() if c.from_number == "5550283"]
+    assert third.invited_at > max(first1.invited_at, first2.invited_at)
     await carrier.wait_for_calls(2, 30)
     assert [c.dialled for c in carrier.calls()] == ["5550281", "5550283"]
     await until(lambda: not svc.engine.items("q7208"), timeout=30)
@@ -374,3 +380,100 @@ async def test_hangups_mid_preview_and_mid_dial_lose_nothing(
     stored = await _stored_item(svc, "5550209")
     assert stored.state == State.CALLBACK_PENDING
     assert asyncio.get_running_loop()  # the service loop is still healthy
+
+
+async def test_verify_customer_press_1_before_bridge(
+    asterisk: AsteriskInstance, ari_observer: AriObserver, service: Callable[..., Any],
+    sip_phone: Callable[..., SipPhone], sip_carrier: Callable[..., Any],
+) -> None:
+    """R8 option: the customer hears "this is your callback, press 1" first; a customer
+    who does not press 1 (voicemail) is a failed attempt, not a bridged agent."""
+    svc = await service({"q7210": {**CB_QUEUE, "verify_customer": True,
+                                   "preview_timeout": "6s", "retry_interval": "1s"}},
+                        agents_cfg("agent1", queue="q7210"), not_ready=("agent1",))
+    phone = sip_phone("agent1", behaviours=ACCEPT)
+    carrier = sip_carrier(behaviours=[
+        CallBehaviour(answer_after=0.3),                                  # voicemail: no 1
+        CallBehaviour(answer_after=0.3, digits=[(1.0, "1")], hangup_after=3.0),
+    ])
+    caller_chan = await request_callback(asterisk, ari_observer, "7210", "5550210")
+    assert svc.dispatcher is not None
+    svc.dispatcher.set_ready("agent1", True)
+    calls = await carrier.wait_for_calls(2, 60, lambda c: c.ended)
+    assert calls[0].bye_received_at is not None  # we hung up the unverified answer
+    cust2 = ari_observer.find(lambda e: e.get("type") == "ChannelDtmfReceived"
+                              and str(e["channel"]["name"]).startswith("PJSIP/carrier")
+                              and e["channel"]["id"] != caller_chan)
+    assert [e["digit"] for e in cust2] == ["1"]
+    verify = ari_observer.find(lambda e: e.get("type") == "PlaybackStarted" and str(
+        e["playback"]["media_uri"]).endswith("en/verify_customer"))
+    assert len(verify) == 2
+    cust_chan = cust2[0]["channel"]["id"]
+    entered = await ari_observer.wait_type("ChannelEnteredBridge", channel_id=cust_chan)
+    assert ts(entered) >= ts(cust2[0])  # bridged only after the customer's 1
+    await until(lambda: not svc.engine.items("q7210"), timeout=20)
+    stored = await _stored_item(svc, "5550210")
+    assert stored.state == State.DONE and stored.attempts == 2
+    assert len(phone.calls()) == 2
+    await nothing_left(svc)
+
+
+async def test_callbacks_wait_for_business_hours_live_callers_do_not(
+    asterisk: AsteriskInstance, ari_observer: AriObserver, service: Callable[..., Any],
+    sip_phone: Callable[..., SipPhone], sip_carrier: Callable[..., Any],
+) -> None:
+    """R14: no dialling outside the queue's hours; a live caller is still answered."""
+    closed_all_week = {"timezone": "UTC", "mon-sun": ["00:00-00:01"]}
+    svc = await service({"q7211": {**CB_QUEUE, "hours": closed_all_week}},
+                        agents_cfg("agent1", queue="q7211"), not_ready=("agent1",))
+    phone = sip_phone("agent1", behaviours=CallBehaviour(answer_after=0.3, hangup_after=1.0))
+    carrier = sip_carrier(behaviours=CallBehaviour(answer_after=0.3))
+    await request_callback(asterisk, ari_observer, "7211", "5550211")
+    live = SipCaller(asterisk, "7211", caller="5550212", max_duration=30)
+    live.start()
+    await caller_channel(ari_observer, "5550212")
+    assert svc.dispatcher is not None
+    svc.dispatcher.set_ready("agent1", True)
+    [call] = await phone.wait_for_calls(1, 20, lambda c: c.ended)
+    assert call.from_number == "5550212" and call.header("X-Work-Type") == "inbound"
+    assert (await live.wait(30)).hung_up_by == "them"
+    # Several dispatch passes later the callback is still held, untouched.
+    await until(lambda: status(svc, "agent1") == AgentStatus.AVAILABLE)
+    for _ in range(3):
+        await svc.dispatcher.dispatch_pass()
+    assert len(phone.calls()) == 1 and carrier.calls() == []
+    [held] = svc.engine.items("q7211")
+    assert held.kind == Kind.CALLBACK and held.state == State.CALLBACK_PENDING
+
+
+async def test_open_callbacks_expire(
+    asterisk: AsteriskInstance, ari_observer: AriObserver, service: Callable[..., Any],
+) -> None:
+    svc = await service({"q7212": {**CB_QUEUE, "expire_after": "3s"}},
+                        agents_cfg("agent1", queue="q7212"), not_ready=("agent1",))
+    await request_callback(asterisk, ari_observer, "7212", "5550213")
+    await until(lambda: not svc.engine.items("q7212"), timeout=20)
+    assert (await _stored_item(svc, "5550213")).state == State.EXPIRED
+
+
+async def test_unregistered_softphone_is_never_offered_work(
+    asterisk: AsteriskInstance, ari_observer: AriObserver, service: Callable[..., Any],
+    sip_phone: Callable[..., SipPhone],
+) -> None:
+    """R15: an agent whose endpoint has no contact is offline; once the softphone
+    registers it becomes available and gets the waiting caller."""
+    svc2 = await service({"q7213": {"max_waiting": 5}},
+                         {"reg": {"endpoint": "PJSIP/regagent", "queues": ["q7213"]}},
+                         wait_reachable=False)
+    assert svc2.dispatcher is not None
+    assert status(svc2, "reg") == AgentStatus.OFFLINE
+    caller = SipCaller(asterisk, "7213", caller="5550214", max_duration=40)
+    caller.start()
+    await caller_channel(ari_observer, "5550214")
+    phone = sip_phone("regagent", behaviours=CallBehaviour(answer_after=0.3,
+                                                           hangup_after=1.0))
+    await phone.wait_registered()
+    await until(lambda: status(svc2, "reg") != AgentStatus.OFFLINE, timeout=20)
+    [call] = await phone.wait_for_calls(1, 20, lambda c: c.ended)
+    assert call.from_number == "5550214"
+    assert (await caller.wait(30)).hung_up_by == "them"

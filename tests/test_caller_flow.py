@@ -380,3 +380,52 @@ async def test_unknown_queue_is_refused_politely(
     await ari_observer.wait_for(lambda e: is_playback(e, "PlaybackFinished", chan,
                                                       "en/unavailable"))
     assert (await c.wait(30)).hung_up_by == "them"
+
+
+# ---------------------------------------------------------------------- press 2 (R13)
+
+
+def _keys(start: float, keys: str, step: float = 0.35) -> list[tuple[float, str]]:
+    return [(start + step * i, k) for i, k in enumerate(keys)]
+
+
+async def test_press_2_enters_a_different_number_read_back_and_confirmed(
+    asterisk: AsteriskInstance, ari_observer: AriObserver, service: Callable[..., Any],
+) -> None:
+    svc = await service({"q7114": {"max_waiting": None, "max_ewt": "30s",
+                                   "first_offer_after": "1s", "repeat_offer_every": "60s",
+                                   "alternate_number": True, "prompts": SHORT}})
+    # Offer (1.1 s) + "press 2" (3.4 s) from ~1 s; 2 at 3 s, the number at 4 s (barging
+    # into "enter the number"), '#', then 1 during the read-back.
+    keys = [(3.0, "2"), *_keys(4.0, "5557654#"), (11.0, "1")]
+    c = SipCaller(asterisk, "7114", caller="5550091", infos=keys, max_duration=40)
+    c.start()
+    chan, _ = await caller_channel(ari_observer, "5550091")
+    assert (await c.wait(40)).hung_up_by == "them"
+    assert playbacks(ari_observer, chan, "en/number_readback")
+    said = [str(e["playback"]["media_uri"]).rsplit("/", 1)[-1] for e in ari_observer.find(
+        lambda e: is_playback(e, "PlaybackStarted", chan)
+        and "digits/" in str(e["playback"]["media_uri"]))]
+    assert "".join(said).startswith("555")  # read back digit by digit (barged into)
+    assert playbacks(ari_observer, chan, "minutes")  # the (short) confirmation
+    item = next(i for i in svc.engine.items("q7114"))
+    assert item.kind == Kind.CALLBACK and item.number == "5557654"
+
+
+async def test_three_bad_numbers_send_the_caller_back_to_waiting(
+    asterisk: AsteriskInstance, ari_observer: AriObserver, service: Callable[..., Any],
+) -> None:
+    svc = await service({"q7115": {"max_waiting": None, "max_ewt": "30s",
+                                   "first_offer_after": "1s", "repeat_offer_every": "60s",
+                                   "alternate_number": True, "prompts": SHORT}})
+    keys = [(3.0, "2"), *_keys(4.0, "0044#"), *_keys(8.5, "0044#"), *_keys(13.0, "0044#")]
+    c = SipCaller(asterisk, "7115", caller="5550092", infos=keys, hangup_after=24,
+                  max_duration=40)
+    c.start()
+    chan, _ = await caller_channel(ari_observer, "5550092")
+    await ari_observer.wait_for(
+        lambda e: is_playback(e, "PlaybackFinished", chan, "en/back_to_queue"), timeout=40)
+    assert len(playbacks(ari_observer, chan, "en/invalid_number")) == 3
+    assert [i.kind for i in svc.engine.items("q7115")] == [Kind.INBOUND]  # still waiting
+    assert (await c.wait(40)).hung_up_by == "us"
+    assert (await _stored_item(svc, "5550092")).state == State.ABANDONED

@@ -480,6 +480,7 @@ class QueueEngine:
         free_agents: Mapping[str, Collection[str]],
         *,
         callback_queues: Collection[str] | None = None,
+        standby: Mapping[str, Collection[str]] | None = None,
     ) -> list[tuple[str, WorkItem]]:
         """Offer work to free agents (R7, R9, R11). ``free_agents``: agent id -> queues
         it serves, in priority order (longest idle first). Each agent gets at most one
@@ -491,6 +492,9 @@ class QueueEngine:
         such agent it gets the item again rather than leaving it unserved.
         ``callback_queues``: queues whose callbacks may be dialled now (R14 business
         hours); None = all. Live callers are offered regardless.
+        ``standby``: agent id -> queues, for agents not free now but on duty (ringing,
+        busy, wrap-up): they "could take it" too, so a decliner is not asked again while
+        one of them has not declined.
         """
         now = self._clock.now()
         # Free agents per queue, for the "could another agent take it" test.
@@ -501,6 +505,11 @@ class QueueEngine:
                     serving_free.setdefault(name, []).append(agent)
         for name in serving_free:
             self._promote_due(self._queues[name], now)
+        could_take = {name: list(agents) for name, agents in serving_free.items()}
+        for agent, queues in (standby or {}).items():
+            for name in queues:
+                if name in could_take and agent not in could_take[name]:
+                    could_take[name].append(agent)
 
         offers: list[tuple[str, WorkItem]] = []
         for agent, queues in free_agents.items():
@@ -513,7 +522,7 @@ class QueueEngine:
                 if callback_queues is None or name in callback_queues:
                     candidates.append(q.ready_callback)
                 for index in candidates:
-                    item = self._first_offerable(index, agent, serving_free[name])
+                    item = self._first_offerable(index, agent, could_take[name])
                     if item is not None and (best is None or item.key < best.key):
                         best = item
             if best is None:

@@ -184,8 +184,13 @@ class Dispatcher:
             q.name for q in self.ctx.cfg.queues.values()
             if q.hours is None or q.hours.is_open(now)
         ]
+        on_duty = (AgentStatus.RINGING, AgentStatus.PREVIEWING, AgentStatus.BUSY,
+                   AgentStatus.WRAP_UP)
         offers = engine.dispatch(
-            {a.cfg.id: a.cfg.queues for a in free}, callback_queues=open_for_callbacks
+            {a.cfg.id: a.cfg.queues for a in free},
+            callback_queues=open_for_callbacks,
+            standby={a.cfg.id: a.cfg.queues for a in self.agents.values()
+                     if a.reachable and a.status in on_duty},
         )
         if offers:
             await self.ctx.commit()

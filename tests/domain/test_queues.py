@@ -347,6 +347,20 @@ def test_decliner_gets_item_again_when_nobody_else_can() -> None:
     assert engine.dispatch({"a": ["sales"], "b": ["support"]}) == [("a", cb)]
 
 
+def test_decliner_waits_while_an_agent_on_duty_could_take_it() -> None:
+    """R7: b is busy (standby), not free; a declined: a is not asked again meanwhile."""
+    engine, _ = make_engine()
+    cb = engine.add_callback("sales", "0201")
+    engine.dispatch({"a": ["sales"]})
+    engine.offer_declined(cb.id, "a")
+    assert engine.dispatch({"a": ["sales"]}, standby={"b": ["sales"]}) == []
+    assert engine.position(cb.id) == 1
+    # b declined it too: nobody else could take it, so a gets it again.
+    assert engine.dispatch({"b": ["sales"]}) == [("b", cb)]
+    engine.offer_declined(cb.id, "b")
+    assert engine.dispatch({"a": ["sales"]}, standby={"b": ["sales"]}) == [("a", cb)]
+
+
 def test_dispatch_holds_callbacks_outside_hours_but_not_live_callers() -> None:
     engine, clock = make_engine()
     cb = engine.add_callback("sales", "0201")
