@@ -1,0 +1,81 @@
+"""R21 (first part): the app is killed with SIGKILL while callers wait; Asterisk keeps
+their channels in Stasis; a new app re-adopts them in their original order."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import aiohttp
+
+from ivr.app import running
+from ivr.domain.items import Kind
+from ivr.sandbox import AsteriskInstance, free_port
+from tests.appcfg import write_config
+from tests.observer import AriObserver
+from tests.sip import SipCaller
+from tests.test_caller_flow import caller_channel, is_playback, playbacks, until
+
+
+async def _healthy(url: str, proc: subprocess.Popen[bytes], timeout: float = 30) -> None:
+    """Wait until the service answers its health probe (its ARI websocket is up)."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
+    async with aiohttp.ClientSession() as http:
+        while True:
+            assert proc.poll() is None, "the service exited"
+            try:
+                async with http.get(url) as resp:
+                    if resp.status == 200:
+                        return
+            except aiohttp.ClientError:
+                pass
+            if loop.time() > deadline:
+                raise TimeoutError("service not healthy")
+            await asyncio.sleep(0.1)
+
+
+async def test_kill_9_then_restart_readopts_waiting_callers(
+    asterisk: AsteriskInstance, ari_observer: AriObserver, tmp_path: Path
+) -> None:
+    queues = {"q7301": {"max_waiting": 1, "max_ewt": None, "first_offer_after": "6s",
+                        "repeat_offer_every": "60s",
+                        "prompts": {"offer": "en/connecting", "confirmation": "en/minutes"}}}
+    http: dict[str, str | int] = {"bind": "127.0.0.1", "port": free_port(udp=False)}
+    cfg = write_config(asterisk, tmp_path, queues, http=http)
+    proc = subprocess.Popen(  # noqa: ASYNC220 - a child we SIGKILL, never waited on long
+        [sys.executable, "-m", "ivr.cli", "run", str(tmp_path / "config.yaml")],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    await _healthy(f"http://127.0.0.1:{http['port']}/healthz", proc)
+    a = SipCaller(asterisk, "7301", caller="5550301", digits=[(9.0, "1")], max_duration=40)
+    b = SipCaller(asterisk, "7301", caller="5550302", max_duration=40)
+    try:
+        a.start()
+        chan_a, _ = await caller_channel(ari_observer, "5550301")
+        await a.wait_answered(20)
+        b.start()
+        chan_b, _ = await caller_channel(ari_observer, "5550302")
+        await b.wait_answered(20)
+        await asyncio.sleep(0.5)  # let the second arrival's commit land (no event marks it)
+    finally:
+        os.kill(proc.pid, signal.SIGKILL)
+        proc.wait()
+    # Both channels are still up in Asterisk, in Stasis, with nobody listening.
+    async with running(cfg) as svc:
+        await until(lambda: len(svc.engine.items("q7301")) == 2)
+        order = [(i.number, i.kind, svc.engine.position(i.id)) for i in svc.engine.items("q7301")]
+        assert order == [("5550301", Kind.INBOUND, 1), ("5550302", Kind.INBOUND, 2)]
+        # The re-adopted sessions keep the original offer schedule and take the 1.
+        await until(lambda: bool(playbacks(ari_observer, chan_a, "connecting")))
+        await until(lambda: bool(playbacks(ari_observer, chan_b, "connecting")))
+        await ari_observer.wait_for(lambda e: is_playback(e, "PlaybackFinished", chan_a,
+                                                          "minutes"))
+        assert (await a.wait(30)).hung_up_by == "them"
+        [cb, live] = svc.engine.items("q7301")
+        assert (cb.kind, cb.number, svc.engine.position(cb.id)) == (Kind.CALLBACK, "5550301", 1)
+        assert (live.number, svc.engine.position(live.id)) == ("5550302", 2)
+    b.stop()
