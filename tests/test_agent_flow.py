@@ -477,3 +477,27 @@ async def test_unregistered_softphone_is_never_offered_work(
     [call] = await phone.wait_for_calls(1, 20, lambda c: c.ended)
     assert call.from_number == "5550214"
     assert (await caller.wait(30)).hung_up_by == "them"
+
+
+async def test_agent_phone_busy_is_a_decline_not_silence(
+    asterisk: AsteriskInstance, ari_observer: AriObserver, service: Callable[..., Any],
+    sip_phone: Callable[..., SipPhone],
+) -> None:
+    """A softphone answering 486 (agent pressed reject, or DND): the caller goes to the
+    next agent, and the rejecting agent is set not-ready (not offered it again in a loop)."""
+    svc = await service({"q7214": {"max_waiting": 5}},
+                        agents_cfg("agent1", "agent2", queue="q7214"), not_ready=("agent2",))
+    rejecting = sip_phone("agent1", behaviours=BUSY)
+    other = sip_phone("agent2", behaviours=CallBehaviour(answer_after=0.3, hangup_after=1.0))
+    caller = SipCaller(asterisk, "7214", caller="5550215", max_duration=30)
+    caller.start()
+    [rejected] = await rejecting.wait_for_calls(1, 20, lambda c: c.ended)
+    assert rejected.rejected_with == 486
+    await until(lambda: status(svc, "agent1") == AgentStatus.NOT_READY)
+    assert svc.dispatcher is not None
+    svc.dispatcher.set_ready("agent2", True)
+    await other.wait_for_calls(1, 20, lambda c: c.answered_at is not None)
+    assert (await caller.wait(30)).hung_up_by == "them"
+    assert status(svc, "agent1") == AgentStatus.NOT_READY
+    assert len(rejecting.calls()) == 1
+    await nothing_left(svc)

@@ -14,31 +14,14 @@ from pathlib import Path, PurePosixPath
 import pytest
 import yaml
 
+from ivr.config import PROMPT_IDS
+
 PROMPTS_DIR = Path(__file__).resolve().parent.parent / "prompts"
 MANIFEST = PROMPTS_DIR / "manifest.yaml"
 
-# Ids the call flows rely on; every configured language must provide all of them.
-REQUIRED_IDS = frozenset(
-    {
-        "offer",
-        "offer_alternate",
-        "confirmation",
-        "already_scheduled",
-        "enter_number",
-        "number_readback",
-        "confirm_number",
-        "invalid_number",
-        "back_to_queue",
-        "unavailable",
-        "preview_intro",
-        "preview_waited",
-        "minutes",
-        "preview_accept",
-        "callback_failed",
-        "verify_customer",
-        "connecting",
-    }
-)
+# Ids the call flows play (the config refuses to start without them): every language
+# in the manifest must provide all of them.
+REQUIRED_IDS = frozenset(PROMPT_IDS)
 
 # SPEC R4, word for word.
 SPEC_OFFER = (

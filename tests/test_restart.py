@@ -79,3 +79,42 @@ async def test_kill_9_then_restart_readopts_waiting_callers(
         assert (cb.kind, cb.number, svc.engine.position(cb.id)) == (Kind.CALLBACK, "5550301", 1)
         assert (live.number, svc.engine.position(live.id)) == ("5550302", 2)
     b.stop()
+
+
+async def test_asterisk_restart_keeps_callbacks_and_cleans_up_lost_calls(
+    tmp_path: Path,
+) -> None:
+    """Asterisk restarts under the running app: the app reconnects by itself, every
+    committed callback stays in place, and the live caller Asterisk lost is closed."""
+    from tests.conftest import finish_asterisk, start_asterisk
+
+    inst = start_asterisk()
+    obs = AriObserver(inst)
+    await obs.start()
+    queues = {"q7302": {"max_waiting": None, "max_ewt": "30s", "first_offer_after": "1s",
+                        "repeat_offer_every": "60s",
+                        "prompts": {"offer": "en/connecting", "confirmation": "en/minutes"}}}
+    cfg = write_config(inst, tmp_path, queues)
+    try:
+        async with running(cfg) as svc:
+            cb = SipCaller(inst, "7302", caller="5550311", digits=[(1.8, "1")],
+                           max_duration=30)
+            cb.start()
+            await caller_channel(obs, "5550311")
+            assert (await cb.wait(30)).hung_up_by == "them"
+            live = SipCaller(inst, "7302", caller="5550312", max_duration=60)
+            live.start()
+            await caller_channel(obs, "5550312")
+            await until(lambda: len(svc.engine.items("q7302")) == 2)
+            await obs.close()
+            await asyncio.to_thread(inst.restart)
+            await until(lambda: svc.ari.reconnects == 1 and svc.ari.connected.is_set(),
+                        timeout=60)
+            await until(lambda: len(svc.engine.items("q7302")) == 1, timeout=30)
+            [kept] = svc.engine.items("q7302")
+            assert (kept.kind, kept.number) == (Kind.CALLBACK, "5550311")
+            assert svc.switchboard is not None and svc.switchboard.sessions == {}
+            live.stop()
+    finally:
+        await obs.close()
+        finish_asterisk(inst)

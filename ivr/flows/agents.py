@@ -224,6 +224,7 @@ class AgentLeg(ChannelSession):
         self.bridge_id: str | None = None
         self.peer_id: str | None = None  # the caller's or the customer's channel
         self.customer_id: str | None = None  # a callback's customer leg (routed to us)
+        self.last_cause = 0  # Q.850 cause of a hang-up request on our leg
 
     # ------------------------------------------------------------------ top level
 
@@ -246,7 +247,10 @@ class AgentLeg(ChannelSession):
     def finish(self, outcome: str) -> None:
         """The agent's next state: not-ready when silent, wrap-up after a conversation."""
         status = self.agent.status
-        if outcome == "silent":
+        if outcome in ("silent", "rejected"):
+            # R9: an agent who does not take an offered call stops getting offers until
+            # they say they are ready (a phone on DND answering 486 would otherwise be
+            # offered the same caller again at once, in a loop).
             self.d.set_status(self.agent, AgentStatus.NOT_READY)
         elif outcome == "talked":
             self.d.wrap_up(self.agent, self.q)
@@ -269,7 +273,7 @@ class AgentLeg(ChannelSession):
 
     async def ring_agent(self, caller_id: str, work_type: str) -> str:
         """Originate to the agent's endpoint and wait for the answer. Returns "answered",
-        "silent" (no answer in time), "declined" (busy/rejected) or "cancelled"."""
+        "silent" (no answer in time), "rejected" (busy/rejected) or "cancelled"."""
         variables = {"PJSIP_HEADER(add,X-Work-Type)": work_type,
                      "PJSIP_HEADER(add,X-Work-Item)": self.item.id}
         try:
@@ -292,22 +296,14 @@ class AgentLeg(ChannelSession):
             if isinstance(ev, ari.StasisStart) and ev.channel.id == self.channel_id:
                 self.answered = True
                 return "answered"
-            if isinstance(ev, ari.ChannelDestroyed | ari.ChannelHangupRequest) and \
-                    ev.channel_id == self.channel_id:
+            if isinstance(ev, ari.ChannelHangupRequest) and ev.channel_id == self.channel_id:
                 self.last_cause = ev.cause
             if isinstance(ev, Message) and ev.kind == "cancel":
                 return "cancelled"
 
-    last_cause = 0
-
     def _unanswered_cause(self) -> str:
-        return "declined" if self.last_cause in (CAUSE_BUSY, CAUSE_REJECTED) else "silent"
-
-    async def next(self, deadline: float | None = None) -> ari.Event | Message | None:
-        ev = await super().next(deadline)
-        if isinstance(ev, ari.ChannelDestroyed) and ev.channel_id == self.channel_id:
-            self.last_cause = ev.cause
-        return ev
+        cause = self.end_cause or self.last_cause
+        return "rejected" if cause in (CAUSE_BUSY, CAUSE_REJECTED) else "silent"
 
     # ------------------------------------------------------------------ inbound (R9)
 
@@ -328,8 +324,14 @@ class AgentLeg(ChannelSession):
             return "cancelled"
         self.peer_id = caller.channel_id
         caller.peer = self
-        await self.bridge(caller.channel_id)
-        self.ctx.engine.connected(self.item.id, self.agent.cfg.id)
+        try:
+            await self.bridge(caller.channel_id)
+            self.ctx.engine.connected(self.item.id, self.agent.cfg.id)
+        except (ari.AriError, QueueError) as exc:
+            # The caller hung up between the answer and the bridge (their session
+            # closed the item as abandoned): nothing to connect.
+            self.log.info("caller left while being connected: %s", exc)
+            return "cancelled"
         await self.ctx.commit()
         self.ctx.counters.inc("inbound_connected")
         self.d.set_status(self.agent, AgentStatus.BUSY, self.item.id)
@@ -371,7 +373,13 @@ class AgentLeg(ChannelSession):
             return "declined"
         await self.quietly(self.ari.stop_ringing(self.channel_id))
         assert self.peer_id is not None
-        await self.bridge(self.peer_id)
+        try:
+            await self.bridge(self.peer_id)
+        except ari.AriError as exc:
+            self.log.info("customer left before the bridge: %s", exc)
+            self.ctx.engine.dial_failed(self.item.id, "failed")
+            await self.ctx.commit()
+            return "declined"
         self.ctx.engine.callback_connected(self.item.id)
         await self.ctx.commit()
         self.ctx.counters.inc("callbacks_connected")
@@ -456,8 +464,26 @@ class AgentLeg(ChannelSession):
                 return False
             if isinstance(ev, ari.ChannelDtmfReceived) and ev.channel_id == self.peer_id \
                     and ev.digit == "1":
-                with contextlib.suppress(ari.AriNotFound, ari.AriConflict):
-                    await self.ari.stop_playback(playback_id)
+                await self.stop_playback(playback_id)
+                return await self.tell_customer("connecting")
+            if isinstance(ev, ari.StasisEnd | ari.ChannelDestroyed) and \
+                    ev.channel_id == self.peer_id:
+                return False
+
+    async def tell_customer(self, prompt_id: str) -> bool:
+        """Play a prompt to the customer leg to its end; False if they hung up."""
+        assert self.peer_id is not None
+        playback_id = uuid.uuid4().hex
+        try:
+            await self.ari.play(self.peer_id, [self.ctx.prompt(self.q, prompt_id)],
+                                playback_id=playback_id)
+        except (ari.AriNotFound, ari.AriConflict):
+            return False
+        while True:
+            ev = await self.next(self.ctx.now() + 30)
+            if ev is None:
+                return True
+            if isinstance(ev, ari.PlaybackFinished) and ev.playback.id == playback_id:
                 return True
             if isinstance(ev, ari.StasisEnd | ari.ChannelDestroyed) and \
                     ev.channel_id == self.peer_id:

@@ -101,10 +101,8 @@ class CallerSession(ChannelSession):
         """The caller hung up. A live item leaves the queue (abandoned); a callback that
         was committed before stays exactly where it is."""
         item = self.item
-        if self.connected:
-            if self.peer is not None:
-                self.peer.deliver(Message("peer_gone"))
-            return
+        if self.connected and self.peer is not None:
+            self.peer.deliver(Message("peer_gone"))
         if item is None:
             return
         current = self.ctx.engine.get(item.id)

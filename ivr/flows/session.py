@@ -75,6 +75,8 @@ class ChannelSession:
         self.channel_id = channel_id
         self.inbox: asyncio.Queue[Item] = asyncio.Queue()
         self.gone = False
+        #: Q.850 cause when the channel was destroyed (e.g. 17 busy, 19 no answer)
+        self.end_cause = 0
         self.ended = asyncio.Event()
         self.extra: dict[str, str] = {"item": "-", "chan": channel_id[-12:]}
         self.log = ItemLogger(log, self.extra)
@@ -100,6 +102,8 @@ class ChannelSession:
             return None
         if isinstance(ev, ari.StasisEnd | ari.ChannelDestroyed) \
                 and ev.channel_id == self.channel_id:
+            if isinstance(ev, ari.ChannelDestroyed):
+                self.end_cause = ev.cause
             self.gone = True
             raise Hangup()
         return ev
