@@ -18,7 +18,7 @@ from ivr.flows.agents import Dispatcher
 from ivr.flows.context import FlowContext
 from ivr.flows.switchboard import Switchboard
 from ivr.store import SqliteStore
-from ivr.web.api import make_web_app
+from ivr.web.api import TOKEN, make_web_app
 
 log = logging.getLogger("ivr.app")
 
@@ -50,6 +50,7 @@ class Service:
         self.dispatcher: Dispatcher | None = None
         self._events: asyncio.Task[None] | None = None
         self._runner: web.AppRunner | None = None
+        self.web_token = ""
 
     async def start(self, *, http: bool = True, connect_timeout: float = 30.0) -> None:
         self.cfg.store_path.parent.mkdir(parents=True, exist_ok=True)
@@ -73,6 +74,7 @@ class Service:
         self.dispatcher.start()
         if http:
             app = make_web_app(self.ctx, self.dispatcher)
+            self.web_token = app[TOKEN]
             self._runner = web.AppRunner(app)
             await self._runner.setup()
             site = web.TCPSite(self._runner, self.cfg.http.bind, self.cfg.http.port)

@@ -105,7 +105,8 @@ async def test_inbound_caller_is_bridged_to_the_free_agent(
     asterisk: AsteriskInstance, ari_observer: AriObserver, service: Callable[..., Any],
     sip_phone: Callable[..., SipPhone],
 ) -> None:
-    svc = await service({"q7201": {"max_waiting": 5}}, agents_cfg("agent1", queue="q7201"))
+    svc = await service({"q7201": {"max_waiting": 5, "wrap_up": "2s"}},
+                        agents_cfg("agent1", queue="q7201"))
     phone = sip_phone("agent1", behaviours=CallBehaviour(answer_after=0.5, hangup_after=3.0))
     caller = SipCaller(asterisk, "7201", caller="5550201", caller_name="Ada", max_duration=30)
     caller.start()
@@ -125,6 +126,9 @@ async def test_inbound_caller_is_bridged_to_the_free_agent(
     assert result.bye_received_at >= done.bye_sent_at - 0.5
     stored = await _stored_item(svc, "5550201")
     assert stored.state == State.CONNECTED
+    # Wrap-up after the call, then available again by itself.
+    await until(lambda: status(svc, "agent1") == AgentStatus.WRAP_UP, timeout=10)
+    await until(lambda: status(svc, "agent1") == AgentStatus.AVAILABLE, timeout=10)
     await nothing_left(svc)
 
 
@@ -277,7 +281,15 @@ async def test_decline_goes_to_next_agent_and_silent_agent_goes_not_ready(
     assert dialled.dialled == "5550206"
     assert len(decliner.calls()) == 1 and len(silent.calls()) == 1
     await until(lambda: svc.engine.items("q7206") == [])
-    assert (await _stored_item(svc, "5550206")).state == State.DONE
+    stored = await _stored_item(svc, "5550206")
+    assert stored.state == State.DONE
+    # Every step is in the item's stored history, with who did what.
+    steps = [(h.event, h.detail.get("agent", "")) for h in stored.history
+             if h.event not in ("arrived", "converted_to_callback")]
+    assert steps == [("offered", "agent1"), ("declined", "agent1"),
+                     ("offered", "agent2"), ("offer_timed_out", "agent2"),
+                     ("offered", "agent3"), ("dial_started", "agent3"),
+                     ("callback_connected", "agent3")], steps
     await nothing_left(svc)
 
 

@@ -65,6 +65,23 @@ async def agents(request: web.Request) -> web.Response:
     })
 
 
+async def agent_state(request: web.Request) -> web.Response:
+    """POST {"ready": true|false}: an agent goes ready / not-ready (R15). Busy, ringing
+    and wrap-up agents are left alone; their state is reported back."""
+    d = request.app[DISPATCHER]
+    agent_id = request.match_info["agent"]
+    if agent_id not in d.agents:
+        raise web.HTTPNotFound(reason=f"no agent {agent_id!r}")
+    try:
+        body = await request.json()
+    except ValueError:
+        raise web.HTTPBadRequest(reason="body must be JSON") from None
+    if not isinstance(body, dict) or not isinstance(body.get("ready"), bool):
+        raise web.HTTPBadRequest(reason='body must be {"ready": true} or {"ready": false}')
+    d.set_ready(agent_id, body["ready"])
+    return web.json_response({"agent": agent_id, "status": d.agents[agent_id].status})
+
+
 async def metrics(request: web.Request) -> web.Response:
     ctx = request.app[CTX]
     lines = ["# TYPE ivr_events_total counter"]
@@ -94,4 +111,5 @@ def make_web_app(ctx: FlowContext, dispatcher: Dispatcher) -> web.Application:
     app.router.add_get("/metrics", metrics)
     app.router.add_get("/api/queues", queues)
     app.router.add_get("/api/agents", agents)
+    app.router.add_post("/api/agents/{agent}/state", agent_state)
     return app
