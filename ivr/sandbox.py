@@ -425,7 +425,7 @@ def _render(inst: AsteriskInstance, config_src: Path, agents: Sequence[str]) -> 
         "astagidir": "/usr/share/asterisk/agi-bin",
         "astsbindir": "/usr/sbin",
     }
-    for sub in ("lib", "lib/keys", "spool", "run", "log", "cache"):
+    for sub in ("lib", "lib/keys", "spool", "run", "log", "log/cdr-csv", "cache"):
         (run / sub).mkdir(parents=True, exist_ok=True)
     lines = ["[directories]", *(f"{k} => {v}" for k, v in dirs.items())]
     lines += ["", "[options]", "documentation_language = en_US", "systemname = ivr-sandbox"]

@@ -388,16 +388,21 @@ class QueueEngine:
 
     # ------------------------------------------------------------------ arrivals
 
-    def arrive(self, queue: str, *, channel_id: str, number: str | None) -> WorkItem:
+    def arrive(
+        self, queue: str, *, channel_id: str, number: str | None,
+        arrived_at: float | None = None,
+    ) -> WorkItem:
         """A live inbound caller enters the queue (R1)."""
         q = self._queue(queue)
         now = self._clock.now()
+        # arrived_at: a caller adopted after a restart before its arrival was committed
+        # keeps the time Asterisk created its channel (never later than now).
         item = WorkItem(
             id=new_item_id(),
             queue=queue,
             kind=Kind.INBOUND,
             state=State.WAITING,
-            arrived_at=now,
+            arrived_at=now if arrived_at is None else min(arrived_at, now),
             seq=self._next_seq(),
             number=number,
             channel_id=channel_id,

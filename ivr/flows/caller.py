@@ -46,8 +46,11 @@ class CallerSession(ChannelSession):
         channel: ari.Channel,
         queue_name: str,
         item: WorkItem | None = None,
+        *,
+        adopted: bool = False,
     ) -> None:
         super().__init__(ctx.ari, channel.id, log)
+        self.adopted = adopted
         self.ctx = ctx
         self.channel = channel
         self.queue_name = queue_name
@@ -87,7 +90,11 @@ class CallerSession(ChannelSession):
         if self.item is None:
             await self.quietly(self.ari.answer(self.channel_id))
             self.item = self.ctx.engine.arrive(
-                q.name, channel_id=self.channel_id, number=_withheld(self.channel)
+                q.name, channel_id=self.channel_id, number=_withheld(self.channel),
+                # Adopted after a restart before its arrival was committed: the channel's
+                # creation time (Asterisk's clock) is the best arrival we have. Otherwise
+                # our own clock, which also drives the offer timers.
+                arrived_at=(self.channel.created_at or None) if self.adopted else None,
             )
             await self.ctx.commit()
             self.ctx.counters.inc("arrivals")

@@ -134,7 +134,7 @@ class Switchboard:
                 continue
             item = by_channel.get(c.id)
             log.info("adopting caller channel %s (stored item: %s)", c.id, bool(item))
-            self.start(CallerSession(self.ctx, c, role, item=item))
+            self.start(CallerSession(self.ctx, c, role, item=item, adopted=True))
         # Live items whose channel vanished while we were away (Asterisk restarted).
         for channel_id, item in by_channel.items():
             if channel_id not in present and item.channel_id not in self.sessions:

@@ -92,6 +92,18 @@ async def metrics(request: web.Request) -> web.Response:
     lines.append("# TYPE ivr_queue_waiting gauge")
     for name in ctx.cfg.queues:
         lines.append(f'ivr_queue_waiting{{queue="{name}"}} {ctx.engine.waiting_count(name)}')
+    lines.append("# TYPE ivr_queue_ewt_seconds gauge")
+    for name in ctx.cfg.queues:
+        ewt = _finite(ctx.engine.ewt(name))
+        if ewt is not None:
+            lines.append(f'ivr_queue_ewt_seconds{{queue="{name}"}} {ewt:.1f}')
+    # R16: how far the predicted wait (EWT at arrival) was from the wait measured.
+    lines.append("# TYPE ivr_ewt_abs_error_seconds gauge")
+    for name in ctx.cfg.queues:
+        errors = [abs(p - a) for p, a in ctx.engine.ewt_errors(name) if math.isfinite(p)]
+        if errors:
+            mean = sum(errors) / len(errors)
+            lines.append(f'ivr_ewt_abs_error_seconds{{queue="{name}"}} {mean:.1f}')
     return web.Response(text="\n".join(lines) + "\n", content_type="text/plain")
 
 
