@@ -507,9 +507,6 @@ class AriClient:
     async def answer(self, channel_id: str) -> None:
         await self.request("POST", f"/channels/{channel_id}/answer")
 
-    async def ring(self, channel_id: str) -> None:
-        await self.request("POST", f"/channels/{channel_id}/ring")
-
     async def hangup(self, channel_id: str, reason: str = "normal") -> None:
         await self.request("DELETE", f"/channels/{channel_id}", params={"reason": reason})
 
@@ -545,11 +542,6 @@ class AriClient:
 
     async def stop_playback(self, playback_id: str) -> None:
         await self.request("DELETE", f"/playbacks/{playback_id}")
-
-    async def set_variable(self, channel_id: str, name: str, value: str) -> None:
-        await self.request(
-            "POST", f"/channels/{channel_id}/variable", params={"variable": name, "value": value}
-        )
 
     async def originate(
         self,

@@ -239,10 +239,22 @@ class AgentLeg(ChannelSession):
             outcome = await self.agent_hung_up()
         finally:
             await self.teardown()
+            await self.release_offer()
             self.d.legs.pop(self.item.id, None)
             if self.customer_id is not None:
                 self.d.sb.sessions.pop(self.customer_id, None)
             self.finish(outcome)
+
+    async def release_offer(self) -> None:
+        """Safety net: whatever path ended this leg (a crash included), an item still
+        offered to this agent goes back to its place for the next agent."""
+        try:
+            item = self.ctx.engine.get(self.item.id)
+        except QueueError:
+            return
+        if item.state == State.OFFERED and item.offered_to == self.agent.cfg.id:
+            self.log.warning("offer still open at the end of the agent leg; returned")
+            await self.return_offer(timed_out=False)
 
     def finish(self, outcome: str) -> None:
         """The agent's next state: not-ready when silent, wrap-up after a conversation."""
@@ -320,7 +332,8 @@ class AgentLeg(ChannelSession):
                 await self.return_offer(timed_out=answer == "silent")
             return answer
         if not await ask_connect(caller):
-            self.log.info("caller left as the agent answered")
+            # Gone, or busy entering another number: the offer goes back (run()).
+            self.log.info("caller not available to connect as the agent answered")
             return "cancelled"
         self.peer_id = caller.channel_id
         caller.peer = self

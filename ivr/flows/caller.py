@@ -61,6 +61,8 @@ class CallerSession(ChannelSession):
         self.connected = False
         #: the agent leg we are bridged with, told when we hang up
         self.peer: ChannelSession | None = None
+        #: an agent may take this caller now (waiting on hold or hearing the offer)
+        self.connectable = False
 
     # ------------------------------------------------------------------ top level
 
@@ -122,12 +124,25 @@ class CallerSession(ChannelSession):
 
     # ------------------------------------------------------------------ waiting
 
+    async def next(self, deadline: float | None = None) -> ari.Event | Message | None:
+        """As ``ChannelSession.next``; a connect request that arrives where the flow
+        cannot take it (entering another number, hearing the confirmation) is refused
+        at once so the agent leg returns the offer instead of waiting for nothing."""
+        while True:
+            ev = await super().next(deadline)
+            if isinstance(ev, Message) and ev.kind == "connect" and not self.connectable:
+                if ev.reply is not None and not ev.reply.done():
+                    ev.reply.set_result(False)
+                continue
+            return ev
+
     async def wait_in_queue(self, q: QueueConfig) -> None:
         """R3/R5: offers at first_offer_after, then every repeat_offer_every, until the
         caller takes a callback, hangs up (``Hangup``) or an agent takes the call."""
         assert self.item is not None
         next_offer = self.item.arrived_at + q.first_offer_after
         while True:
+            self.connectable = True
             ev = await self.next(deadline=next_offer)
             choice: str | Message | None = None
             if ev is None:
@@ -152,6 +167,7 @@ class CallerSession(ChannelSession):
             if isinstance(choice, Message):
                 await self.hand_over(choice)
                 return
+            self.connectable = False
             if choice in ("1", "2") and await self.choose_callback(q, choice):
                 return
 
@@ -320,12 +336,6 @@ class CallerSession(ChannelSession):
         # Stay alive only to notice the hang-up (the agent flow watches ``ended``).
         while True:
             await self.next()
-
-
-def refuse_connect(msg: Message) -> None:
-    """Answer a connect request that arrived too late (the caller left or converted)."""
-    if msg.reply is not None and not msg.reply.done():
-        msg.reply.set_result(False)
 
 
 async def ask_connect(session: CallerSession, timeout: float = 5.0) -> bool:
