@@ -513,3 +513,33 @@ async def test_agent_phone_busy_is_a_decline_not_silence(
     assert status(svc, "agent1") == AgentStatus.NOT_READY
     assert len(rejecting.calls()) == 1
     await nothing_left(svc)
+
+
+async def test_caller_entering_another_number_is_not_taken_by_an_agent_meanwhile(
+    asterisk: AsteriskInstance, ari_observer: AriObserver, service: Callable[..., Any],
+    sip_phone: Callable[..., SipPhone], sip_carrier: Callable[..., Any],
+) -> None:
+    """An agent frees up while the caller is typing another number: the caller is not
+    pulled out of it; once the callback is committed and the caller has hung up, the
+    agent gets the callback for the number that was entered."""
+    svc = await service({"q7215": {**CB_QUEUE, "alternate_number": True}},
+                        agents_cfg("agent1", queue="q7215"), not_ready=("agent1",))
+    phone = sip_phone("agent1", behaviours=ACCEPT)
+    carrier = sip_carrier(behaviours=CallBehaviour(answer_after=0.3, hangup_after=1.0))
+    keys = [(3.0, "2"), *[(4.0 + 0.35 * i, k) for i, k in enumerate("5557655#")],
+            (11.0, "1")]
+    caller = SipCaller(asterisk, "7215", caller="5550216", infos=keys, max_duration=40)
+    caller.start()
+    chan, _ = await caller_channel(ari_observer, "5550216")
+    await until(lambda: bool(playbacks(ari_observer, chan, "en/enter_number")))
+    assert svc.dispatcher is not None
+    svc.dispatcher.set_ready("agent1", True)
+    result = await caller.wait(40)
+    assert result.hung_up_by == "them" and result.bye_received_at is not None
+    [offer] = await phone.wait_for_calls(1, 30)
+    assert offer.invited_at > result.bye_received_at  # not before the caller was done
+    assert offer.header("X-Work-Type") == "callback" and offer.from_number == "5557655"
+    [dialled] = await carrier.wait_for_calls(1, 30)
+    assert dialled.dialled == "5557655"
+    await until(lambda: not svc.engine.items("q7215"), timeout=30)
+    await nothing_left(svc)

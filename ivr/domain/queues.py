@@ -486,6 +486,7 @@ class QueueEngine:
         *,
         callback_queues: Collection[str] | None = None,
         standby: Mapping[str, Collection[str]] | None = None,
+        skip: Collection[str] = (),
     ) -> list[tuple[str, WorkItem]]:
         """Offer work to free agents (R7, R9, R11). ``free_agents``: agent id -> queues
         it serves, in priority order (longest idle first). Each agent gets at most one
@@ -500,6 +501,8 @@ class QueueEngine:
         ``standby``: agent id -> queues, for agents not free now but on duty (ringing,
         busy, wrap-up): they "could take it" too, so a decliner is not asked again while
         one of them has not declined.
+        ``skip``: item ids not to offer now (a caller busy entering another number); they
+        keep their place and the next item is offered instead.
         """
         now = self._clock.now()
         # Free agents per queue, for the "could another agent take it" test.
@@ -527,7 +530,7 @@ class QueueEngine:
                 if callback_queues is None or name in callback_queues:
                     candidates.append(q.ready_callback)
                 for index in candidates:
-                    item = self._first_offerable(index, agent, could_take[name])
+                    item = self._first_offerable(index, agent, could_take[name], skip)
                     if item is not None and (best is None or item.key < best.key):
                         best = item
             if best is None:
@@ -541,10 +544,12 @@ class QueueEngine:
         return offers
 
     def _first_offerable(
-        self, index: OrderIndex, agent: str, serving_free: list[str]
+        self, index: OrderIndex, agent: str, serving_free: list[str], skip: Collection[str]
     ) -> WorkItem | None:
         for key in index:
             item = self._items[key[2]]
+            if item.id in skip:
+                continue
             if agent not in item.declined_by:
                 return item
             if not any(a != agent and a not in item.declined_by for a in serving_free):

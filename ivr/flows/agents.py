@@ -191,6 +191,7 @@ class Dispatcher:
             callback_queues=open_for_callbacks,
             standby={a.cfg.id: a.cfg.queues for a in self.agents.values()
                      if a.reachable and a.status in on_duty},
+            skip=self.ctx.held,
         )
         if offers:
             await self.ctx.commit()

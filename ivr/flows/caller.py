@@ -168,8 +168,14 @@ class CallerSession(ChannelSession):
                 await self.hand_over(choice)
                 return
             self.connectable = False
-            if choice in ("1", "2") and await self.choose_callback(q, choice):
-                return
+            if choice in ("1", "2"):
+                self.ctx.held.add(self.item.id)
+                try:
+                    if await self.choose_callback(q, choice):
+                        return
+                finally:
+                    self.ctx.held.discard(self.item.id)
+                    self.ctx.on_work_changed()
 
     async def choose_callback(self, q: QueueConfig, key: str) -> bool:
         """The caller pressed 1 (own number) or 2 (another number). True when the call

@@ -43,6 +43,9 @@ class FlowContext:
         self.guards = {
             name: NumberGuard(q.allowed_numbers, q.denied_numbers) for name, q in cfg.queues.items()
         }
+        #: items whose caller is busy (choosing a callback, entering a number): the
+        #: dispatcher does not offer them to agents meanwhile; they keep their place
+        self.held: set[str] = set()
         #: set by the dispatcher: called whenever work or agents may have changed
         self.on_work_changed: Callable[[], None] = lambda: None
         #: set by the dispatcher: a live item left the queue (hang-up, callback)

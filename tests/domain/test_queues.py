@@ -361,6 +361,16 @@ def test_decliner_waits_while_an_agent_on_duty_could_take_it() -> None:
     assert engine.dispatch({"a": ["sales"]}, standby={"b": ["sales"]}) == [("a", cb)]
 
 
+def test_skipped_items_keep_their_place_and_the_next_is_offered() -> None:
+    engine, clock = make_engine()
+    first = engine.arrive("sales", channel_id="c1", number=None)
+    clock.advance(1)
+    second = engine.arrive("sales", channel_id="c2", number=None)
+    assert engine.dispatch({"a": ["sales"]}, skip={first.id}) == [("a", second)]
+    assert engine.position(first.id) == 1 and first.state is State.WAITING
+    assert engine.dispatch({"b": ["sales"]}) == [("b", first)]
+
+
 def test_dispatch_holds_callbacks_outside_hours_but_not_live_callers() -> None:
     engine, clock = make_engine()
     cb = engine.add_callback("sales", "0201")
