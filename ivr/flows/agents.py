@@ -286,7 +286,14 @@ class AgentLeg(ChannelSession):
 
     async def ring_agent(self, caller_id: str, work_type: str) -> str:
         """Originate to the agent's endpoint and wait for the answer. Returns "answered",
-        "silent" (no answer in time), "rejected" (busy/rejected) or "cancelled"."""
+        "silent" (no answer in time), "rejected" (busy/rejected) or "cancelled"; when
+        not answered (and not cancelled) the offer is already back in the queue."""
+        answer = await self._ring(caller_id, work_type)
+        if answer not in ("answered", "cancelled"):
+            await self.return_offer(timed_out=answer == "silent")
+        return answer
+
+    async def _ring(self, caller_id: str, work_type: str) -> str:
         variables = {"PJSIP_HEADER(add,X-Work-Type)": work_type,
                      "PJSIP_HEADER(add,X-Work-Item)": self.item.id}
         try:
@@ -329,8 +336,6 @@ class AgentLeg(ChannelSession):
         caller_id = f'"{name}" <{self.item.number or "anonymous"}>'
         answer = await self.ring_agent(caller_id, "inbound")
         if answer != "answered":
-            if answer != "cancelled":
-                await self.return_offer(timed_out=answer == "silent")
             return answer
         if not await ask_connect(caller):
             # Gone, or busy entering another number: the offer goes back (run()).
@@ -358,8 +363,6 @@ class AgentLeg(ChannelSession):
         number = self.item.number or ""
         answer = await self.ring_agent(f'"CALLBACK {number}" <{number}>', "callback")
         if answer != "answered":
-            if answer != "cancelled":
-                await self.return_offer(timed_out=answer == "silent")
             return answer
         self.d.set_status(self.agent, AgentStatus.PREVIEWING, self.item.id)
         choice = await self.preview()
@@ -466,42 +469,37 @@ class AgentLeg(ChannelSession):
 
     async def verify(self) -> bool:
         """R8 option: the customer confirms with 1, so agents never talk to voicemail."""
-        assert self.peer_id is not None
-        playback_id = uuid.uuid4().hex
-        with contextlib.suppress(ari.AriNotFound, ari.AriConflict):
-            await self.ari.play(self.peer_id, [self.ctx.prompt(self.q, "verify_customer")],
-                                playback_id=playback_id)
-        deadline = self.ctx.now() + self.q.preview_timeout
-        while True:
-            ev = await self.next(deadline)
-            if ev is None:
-                return False
-            if isinstance(ev, ari.ChannelDtmfReceived) and ev.channel_id == self.peer_id \
-                    and ev.digit == "1":
-                await self.stop_playback(playback_id)
-                return await self.tell_customer("connecting")
-            if isinstance(ev, ari.StasisEnd | ari.ChannelDestroyed) and \
-                    ev.channel_id == self.peer_id:
-                return False
+        pressed = await self.play_to_customer("verify_customer", self.q.preview_timeout,
+                                              until_1=True)
+        return pressed == "1" and await self.play_to_customer("connecting", 30) != "gone"
 
-    async def tell_customer(self, prompt_id: str) -> bool:
-        """Play a prompt to the customer leg to its end; False if they hung up."""
+    async def play_to_customer(self, prompt_id: str, wait: float, *,
+                               until_1: bool = False) -> str:
+        """Play a prompt on the customer leg. Returns "1" (pressed, with ``until_1``;
+        the prompt is stopped), "done" (played out; with ``until_1`` the wait goes on
+        to ``wait`` seconds), "timeout", or "gone" (the customer hung up)."""
         assert self.peer_id is not None
         playback_id = uuid.uuid4().hex
         try:
             await self.ari.play(self.peer_id, [self.ctx.prompt(self.q, prompt_id)],
                                 playback_id=playback_id)
         except (ari.AriNotFound, ari.AriConflict):
-            return False
+            return "gone"
+        deadline = self.ctx.now() + wait
         while True:
-            ev = await self.next(self.ctx.now() + 30)
+            ev = await self.next(deadline)
             if ev is None:
-                return True
-            if isinstance(ev, ari.PlaybackFinished) and ev.playback.id == playback_id:
-                return True
+                return "timeout"
+            if isinstance(ev, ari.PlaybackFinished) and ev.playback.id == playback_id \
+                    and not until_1:
+                return "done"
+            if until_1 and isinstance(ev, ari.ChannelDtmfReceived) \
+                    and ev.channel_id == self.peer_id and ev.digit == "1":
+                await self.stop_playback(playback_id)
+                return "1"
             if isinstance(ev, ari.StasisEnd | ari.ChannelDestroyed) and \
                     ev.channel_id == self.peer_id:
-                return False
+                return "gone"
 
     # ------------------------------------------------------------------ conversation
 
