@@ -1,4 +1,9 @@
-"""Command line: ``ivr run CONFIG`` and ``ivr check-config CONFIG``."""
+"""Command line: ``ivr run CONFIG`` and ``ivr check-config CONFIG``.
+
+Both load the file and probe the store the same way ("check-config = run"): whatever
+``run`` would refuse at start, ``check-config`` refuses too, with the key and line,
+exit code 2.
+"""
 
 from __future__ import annotations
 
@@ -7,10 +12,32 @@ import asyncio
 import contextlib
 import json
 import logging
+import sqlite3
 import sys
 from collections.abc import Sequence
 
 from ivr import config as config_mod
+from ivr import store as store_mod
+
+log = logging.getLogger("ivr.cli")
+
+EXIT_CONFIG = 2
+
+
+def _bad(message: str) -> int:
+    print(f"ivr: bad configuration: {message}", file=sys.stderr)
+    return EXIT_CONFIG
+
+
+def _store_error(cfg: config_mod.Config, reason: str) -> str:
+    return str(config_mod.ConfigError(reason, "store.path", cfg.line_of("store.path")))
+
+
+async def _open_store(cfg: config_mod.Config) -> None:
+    """Open (create, tighten, migrate) and close the store, so that a store ``run``
+    cannot use fails here with one line rather than in the middle of the start-up."""
+    store = await store_mod.SqliteStore.open(cfg.store_path)
+    await store.close()
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -25,8 +52,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         cfg = config_mod.load(args.config)
     except config_mod.ConfigError as exc:
-        print(f"ivr: bad configuration: {exc}", file=sys.stderr)
-        return 2
+        return _bad(str(exc))
+    reason = store_mod.probe(cfg.store_path)
+    if reason is not None:
+        return _bad(_store_error(cfg, reason))
     if args.command == "check-config":
         print(json.dumps({"ok": True, **config_mod.as_dict(cfg)}, indent=2))
         return 0
@@ -37,8 +66,18 @@ def main(argv: Sequence[str] | None = None) -> int:
         level=cfg.log_level,
         format="%(asctime)s %(levelname)s %(name)s %(message)s",
     )
-    with contextlib.suppress(KeyboardInterrupt):
-        asyncio.run(run_forever(cfg))
+    try:
+        asyncio.run(_open_store(cfg))
+    except (store_mod.StoreError, sqlite3.Error, OSError, ValueError) as exc:
+        log.debug("opening the store failed", exc_info=True)
+        return _bad(_store_error(cfg, f"cannot open the store {cfg.store_path}: {exc}"))
+    try:
+        with contextlib.suppress(KeyboardInterrupt):
+            asyncio.run(run_forever(cfg))
+    except (store_mod.StoreError, sqlite3.Error, OSError) as exc:  # e.g. HTTP port taken
+        log.debug("stopped by an error", exc_info=True)
+        print(f"ivr: stopped: {exc}", file=sys.stderr)
+        return 1
     return 0
 
 

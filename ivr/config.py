@@ -4,6 +4,24 @@ Every error names the key (dotted path) and the line, and nothing starts (SPEC R
 Unknown keys are errors too: a misspelt ``max_ewt`` silently ignored would mean a queue
 that never offers callbacks. Secrets may come from the environment so the file itself
 can be shared: ``IVR_ARI_URL``, ``IVR_ARI_USER``, ``IVR_ARI_PASSWORD``, ``IVR_API_TOKEN``.
+
+"check-config = run": whatever ``ivr run`` would refuse or crash on is refused here, by
+``load()``, so ``ivr check-config`` and ``ivr run`` accept exactly the same files. The
+file is read as strict UTF-8; YAML aliases (``*name``) are refused (an operator's config
+needs none, and they are how "billion laughs" files explode) and nesting is bounded.
+
+Numbers (SPEC R13, ``ivr.domain.numbers``): the top-level ``region`` (ISO 3166 code, e.g.
+US, GB, DE) is required; each queue may override it (``region``), list the countries a
+callback may go to (``callback_regions``, default: the queue's region only) and the
+number types it may dial (``number_types``, default ``numbers.DEFAULT_TYPES``).
+``allowed_numbers`` / ``denied_numbers`` (default: none) are extra patterns on top of
+that policy. Each queue's ``NumberGuard`` is built here once, so a bad value is a config
+error, never a crash at run time.
+
+``outbound.dial`` is a dial string template whose only fields are ``{number}`` (the same
+as ``{e164}``: ``+12015550123``), ``{e164}`` and ``{national}`` (the number as dialled
+inside its country: ``2015550123``; ``02079460000`` in GB), e.g. ``PJSIP/{number}@carrier``
+or ``PJSIP/{national}@carrier``. ``{{`` and ``}}`` are literal braces.
 """
 
 from __future__ import annotations
@@ -11,14 +29,19 @@ from __future__ import annotations
 import ipaddress
 import os
 import re
+import string
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
-from datetime import datetime, time
+from datetime import datetime, time, timedelta
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 import yaml
+
+from ivr.domain import numbers
+from ivr.domain.numbers import NumberGuard, PhoneNumber
 
 # Prompt ids the flows play; each must exist in the manifest for every configured language.
 PROMPT_IDS: tuple[str, ...] = (
@@ -31,6 +54,7 @@ PROMPT_IDS: tuple[str, ...] = (
     "confirm_number",
     "invalid_number",
     "back_to_queue",
+    "request_failed",
     "unavailable",
     "preview_intro",
     "preview_waited",
@@ -41,16 +65,11 @@ PROMPT_IDS: tuple[str, ...] = (
     "connecting",
 )
 
-DEFAULT_DENIED: tuple[str, ...] = (
-    # International (R13: toll fraud is nearly always international or premium rate).
-    "_00.",
-    "re:^\\+",
-    # UK/EU-style premium-rate ranges, and US 900/976 numbers, as examples to adapt.
-    "_09X.",
-    "_1900NXXXXXX",
-    "_900NXXXXXX",
-    "_976XXXX",
-)
+# Fields ``outbound.dial`` may use (see the module docstring).
+DIAL_FIELDS: tuple[str, ...] = ("number", "e164", "national")
+
+# YAML nesting deeper than this is refused (the deepest real key is 4 levels down).
+MAX_DEPTH = 32
 
 
 class ConfigError(Exception):
@@ -101,29 +120,53 @@ class PromptConfig:
         return f"sound:{self.asterisk_dir.rstrip('/')}/{rel}"
 
 
+# End of a range written as 24:00 (open until midnight).
+END_OF_DAY = time.max
+
+
 @dataclass(frozen=True)
 class BusinessHours:
     timezone: str
     days: Mapping[int, tuple[tuple[time, time], ...]]
-    """weekday (0 = Monday) -> opening ranges. A day not listed is closed."""
+    """weekday (0 = Monday) -> opening ranges, sorted and merged; an end of
+    ``END_OF_DAY`` means open until midnight. A day not listed is closed."""
 
     def _local(self, now: float) -> datetime:
         return datetime.fromtimestamp(now, ZoneInfo(self.timezone))
 
+    def _range_at(self, weekday: int, t: time) -> tuple[time, time] | None:
+        for a, b in self.days.get(weekday, ()):
+            if a <= t and (t < b or b == END_OF_DAY):
+                return a, b
+        return None
+
     def is_open(self, now: float) -> bool:
         local = self._local(now)
-        t = local.time()
-        return any(a <= t < b for a, b in self.days.get(local.weekday(), ()))
+        return self._range_at(local.weekday(), local.time()) is not None
 
     def seconds_to_close(self, now: float) -> float:
-        """Seconds until the current opening range ends (0 when closed)."""
+        """Seconds until the current opening ends (0 when closed). A range open until
+        midnight continues into the next day's range that starts at 00:00."""
         local = self._local(now)
-        t = local.time()
-        for a, b in self.days.get(local.weekday(), ()):
-            if a <= t < b:
-                end = local.replace(hour=b.hour, minute=b.minute, second=0, microsecond=0)
-                return (end - local).total_seconds()
-        return 0.0
+        found = self._range_at(local.weekday(), local.time())
+        if found is None:
+            return 0.0
+        day, end = local.date(), found[1]
+        for _ in range(7):
+            if end != END_OF_DAY:
+                break
+            nxt = day + timedelta(days=1)
+            cont = [b for a, b in self.days.get(nxt.weekday(), ()) if a == time(0)]
+            if not cont:
+                break
+            day, end = nxt, cont[0]
+        zone = ZoneInfo(self.timezone)
+        if end == END_OF_DAY:
+            close = datetime.combine(day + timedelta(days=1), time(0), zone)
+        else:
+            close = datetime.combine(day, end, zone)
+        # Via timestamps: aware datetimes in one zone subtract as wall clock (DST).
+        return max(0.0, close.timestamp() - now)
 
 
 @dataclass(frozen=True)
@@ -137,6 +180,12 @@ class QueueConfig:
     max_ewt: float | None
     first_offer_after: float
     repeat_offer_every: float
+    region: str
+    """ISO 3166 code numbers are parsed in (caller ids, keypad entries)."""
+    callback_regions: tuple[str, ...]
+    """Countries a callback may dial (default: ``region`` only)."""
+    number_types: tuple[str, ...]
+    """``numbers.NUMBER_TYPES`` a callback may dial (default ``numbers.DEFAULT_TYPES``)."""
     allowed_numbers: tuple[str, ...]
     denied_numbers: tuple[str, ...]
     alternate_number: bool
@@ -151,6 +200,17 @@ class QueueConfig:
     stop_offers_before_close: float
     prompts: Mapping[str, str] = field(default_factory=dict)
 
+    def number_guard(self) -> NumberGuard:
+        """This queue's number guard (R13). The loader builds one for every queue, so
+        for a loaded config this never raises."""
+        return NumberGuard(
+            self.region,
+            regions=self.callback_regions,
+            types=self.number_types,
+            allowed=self.allowed_numbers,
+            denied=self.denied_numbers,
+        )
+
 
 @dataclass(frozen=True)
 class AgentConfig:
@@ -163,8 +223,14 @@ class AgentConfig:
 @dataclass(frozen=True)
 class OutboundConfig:
     dial: str
-    """Dial string template; ``{number}`` is the customer's number."""
+    """Dial string template (validated by the loader). Fields: ``{number}`` = ``{e164}``
+    (``+12015550123``), ``{national}`` (as dialled inside the number's country:
+    ``2015550123``; ``02079460000`` in GB). Render it with ``dial_string()``."""
     dial_timeout: float
+
+    def dial_string(self, number: PhoneNumber) -> str:
+        """The endpoint to originate a callback to ``number`` on."""
+        return self.dial.format(number=number.e164, e164=number.e164, national=number.national)
 
 
 @dataclass(frozen=True)
@@ -177,6 +243,17 @@ class Config:
     queues: Mapping[str, QueueConfig]
     agents: Mapping[str, AgentConfig]
     log_level: str
+    lines: Mapping[str, int] = field(default_factory=dict)
+    """Dotted key -> line in the file, for every key written there (error messages
+    about values checked after loading, e.g. ``store.path``)."""
+
+    def line_of(self, key: str) -> int | None:
+        """The line of ``key``, else of its nearest written parent."""
+        while key:
+            if key in self.lines:
+                return self.lines[key]
+            key = key.rpartition(".")[0]
+        return None
 
 
 # --------------------------------------------------------------------------- YAML with lines
@@ -185,9 +262,11 @@ class Config:
 class _Doc:
     """A YAML mapping with the line of every key, for error messages."""
 
-    def __init__(self, node: yaml.MappingNode, path: str) -> None:
+    def __init__(self, node: yaml.MappingNode, path: str,
+                 lines: dict[str, int] | None = None) -> None:
         self.path = path
         self.line = node.start_mark.line + 1
+        self.lines: dict[str, int] = {} if lines is None else lines
         self.items: dict[str, tuple[yaml.Node, int]] = {}
         for k, v in node.value:
             if not isinstance(k, yaml.ScalarNode):
@@ -195,6 +274,7 @@ class _Doc:
             if k.value in self.items:
                 raise ConfigError("duplicate key", self.key(k.value), k.start_mark.line + 1)
             self.items[k.value] = (v, k.start_mark.line + 1)
+            self.lines[self.key(k.value)] = k.start_mark.line + 1
         self.used: set[str] = set()
 
     def key(self, name: str) -> str:
@@ -237,7 +317,7 @@ class _Doc:
         n = self.node(name)
         if not isinstance(n, yaml.MappingNode):
             raise self.err(name, "must be a mapping")
-        return _Doc(n, self.key(name))
+        return _Doc(n, self.key(name), self.lines)
 
     def strings(self, name: str, default: tuple[str, ...]) -> tuple[str, ...]:
         if not self.has(name):
@@ -325,61 +405,218 @@ _DAYS = {"mon": 0, "tue": 1, "wed": 2, "thu": 3, "fri": 4, "sat": 5, "sun": 6}
 _RANGE = re.compile(r"^(\d{1,2}):(\d{2})-(\d{1,2}):(\d{2})$")
 
 
+def _weekdays(doc: _Doc, name: str) -> list[int]:
+    """``mon``, ``mon-fri``, or a range that wraps past Sunday: ``fri-mon`` is fri, sat,
+    sun, mon; ``mon-mon`` is Monday only."""
+    spec = name.lower()
+    if "-" in spec:
+        a, _, b = spec.partition("-")
+        if a not in _DAYS or b not in _DAYS:
+            raise doc.err(name, "day range must look like mon-fri (or fri-mon)")
+        first, last = _DAYS[a], _DAYS[b]
+        return [(first + i) % 7 for i in range((last - first) % 7 + 1)]
+    if spec in _DAYS:
+        return [_DAYS[spec]]
+    raise doc.err(name, "unknown day (use mon..sun or a range like mon-fri)")
+
+
+def _merge(ranges: list[tuple[time, time]]) -> tuple[tuple[time, time], ...]:
+    """Sorted, overlapping and touching ranges joined (so ``seconds_to_close`` sees
+    where an opening really ends)."""
+    out: list[tuple[time, time]] = []
+    for a, b in sorted(ranges):
+        if out and a <= out[-1][1]:
+            out[-1] = (out[-1][0], max(out[-1][1], b))
+        else:
+            out.append((a, b))
+    return tuple(out)
+
+
 def _hours(doc: _Doc) -> BusinessHours:
     tz = doc.scalar("timezone", "UTC")
     try:
         ZoneInfo(tz)
-    except (ZoneInfoNotFoundError, ValueError):
-        raise doc.err("timezone", f"unknown time zone {tz!r}") from None
-    days: dict[int, tuple[tuple[time, time], ...]] = {}
+    except (ZoneInfoNotFoundError, ValueError, OSError):
+        raise doc.err("timezone", f"unknown time zone {tz!r} (use e.g. America/New_York)") \
+            from None
+    days: dict[int, list[tuple[time, time]]] = {}
     for name in list(doc.items):
         if name == "timezone":
             continue
-        spec = name.lower()
-        if "-" in spec:
-            a, _, b = spec.partition("-")
-            if a not in _DAYS or b not in _DAYS:
-                raise doc.err(name, "day range must look like mon-fri")
-            which = range(_DAYS[a], _DAYS[b] + 1)
-        elif spec in _DAYS:
-            which = range(_DAYS[spec], _DAYS[spec] + 1)
-        else:
-            raise doc.err(name, "unknown day (use mon..sun or a range like mon-fri)")
+        which = _weekdays(doc, name)
         ranges: list[tuple[time, time]] = []
         for r in doc.strings(name, ()):
             m = _RANGE.match(r.replace(" ", ""))
             if not m:
                 raise doc.err(name, f"opening hours must look like 08:00-18:00, not {r!r}")
             h1, m1, h2, m2 = (int(x) for x in m.groups())
-            if h1 > 23 or h2 > 24 or m1 > 59 or m2 > 59 or (h2, m2) <= (h1, m1):
+            if h1 > 23 or m1 > 59 or m2 > 59 or h2 > 24 or (h2 == 24 and m2 != 0):
                 raise doc.err(name, f"bad opening hours {r!r}")
-            end = time(23, 59, 59, 999999) if h2 == 24 else time(h2, m2)
-            ranges.append((time(h1, m1), end))
+            if (h2, m2) <= (h1, m1):
+                raise doc.err(
+                    name,
+                    f"bad opening hours {r!r}: the end must be after the start (to stay "
+                    "open past midnight, end at 24:00 and start the next day at 00:00)",
+                )
+            ranges.append((time(h1, m1), END_OF_DAY if h2 == 24 else time(h2, m2)))
         for d in which:
-            days[d] = days.get(d, ()) + tuple(ranges)
+            days.setdefault(d, []).extend(ranges)
     doc.check_unknown()
-    return BusinessHours(tz, days)
+    merged = {d: _merge(r) for d, r in days.items() if r}
+    if not merged:
+        raise ConfigError("no opening hours: list days, e.g. mon-fri: [\"08:00-18:00\"]",
+                          doc.path, doc.lines.get(doc.path, doc.line))
+    return BusinessHours(tz, merged)
 
 
-def _check_patterns(doc: _Doc, name: str, patterns: tuple[str, ...]) -> None:
+def _patterns(doc: _Doc, name: str) -> tuple[str, ...]:
+    patterns = doc.strings(name, ())
     for p in patterns:
-        if p.startswith("re:"):
-            try:
-                re.compile(p[3:])
-            except re.error as exc:
-                raise doc.err(name, f"bad regular expression {p!r}: {exc}") from None
-        elif not re.fullmatch(r"_?[0-9XZNxzn\[\]\-.!+*#]+", p):
-            raise doc.err(name, f"bad number pattern {p!r} (use _NXX. style or re:...)")
+        try:
+            numbers.compile_pattern(p)
+        except ValueError as exc:
+            raise doc.err(name, f"{exc} (use _NXX. style, re:<regex> or a number)") from None
+    return patterns
 
 
-def _load_manifest(path: Path) -> dict[str, dict[str, str]]:
+def _regions(doc: _Doc, name: str, default: tuple[str, ...]) -> tuple[str, ...]:
+    values = tuple(r.strip().upper() for r in doc.strings(name, default))
+    if not values:
+        raise doc.err(name, "list at least one region, e.g. [US]")
+    for r in values:
+        if not numbers.known_region(r):
+            raise doc.err(name, f"unknown region {r!r}: use ISO 3166 codes, e.g. US, GB, DE")
+    return values
+
+
+def _number_types(doc: _Doc) -> tuple[str, ...]:
+    values = tuple(t.strip().lower() for t in doc.strings("number_types", numbers.DEFAULT_TYPES))
+    if not values:
+        raise doc.err("number_types", "list at least one number type, e.g. [fixed_line, mobile]")
+    for t in values:
+        if t not in numbers.NUMBER_TYPES:
+            raise doc.err("number_types",
+                          f"unknown number type {t!r} (known: {', '.join(numbers.NUMBER_TYPES)})")
+    return values
+
+
+def _region(doc: _Doc, default: str | None) -> str:
+    if not doc.has("region"):
+        doc.used.add("region")
+        if default is not None:
+            return default
+        raise doc.err("region", "is required: set region: to your country's ISO 3166 code, "
+                                "e.g. US, GB, DE (numbers are read and checked as that "
+                                "country's numbers)")
+    value = doc.scalar("region").strip().upper()
+    if not numbers.known_region(value):
+        raise doc.err("region", f"unknown region {value!r}: set region: to your country's "
+                                "ISO 3166 code, e.g. US, GB, DE")
+    return value
+
+
+def _dial(doc: _Doc) -> str:
+    dial = doc.scalar("dial")
+    example = "e.g. PJSIP/{number}@carrier"
     try:
-        data = yaml.safe_load(path.read_text())
-    except (OSError, yaml.YAMLError) as exc:
-        raise ConfigError(f"cannot read prompt manifest {path}: {exc}", "prompts.dir") from None
+        parts = list(string.Formatter().parse(dial))
+    except ValueError as exc:
+        raise doc.err("dial", f"bad template {dial!r}: {exc} (write {{{{ or }}}} for a "
+                              "literal brace)") from None
+    fields = 0
+    prefix = ""  # literal text before the first field
+    for text, fname, spec, conversion in parts:
+        if not fields:
+            prefix += text
+        if fname is None:
+            continue
+        fields += 1
+        if fname not in DIAL_FIELDS:
+            shown = f"{{{fname}}}" if fname else "{}"
+            raise doc.err("dial", f"unknown field {shown} in {dial!r}: the fields are "
+                                  f"{', '.join('{' + f + '}' for f in DIAL_FIELDS)}")
+        if conversion is not None or spec:
+            raise doc.err("dial", f"field {{{fname}}} in {dial!r} takes no !conversion "
+                                  "or :format")
+    if not fields:
+        raise doc.err("dial", f"must contain the number as {{number}}, {example}")
+    if not re.match(r"^[A-Za-z][A-Za-z0-9]*/", prefix):
+        raise doc.err("dial", f"must start with a channel technology and '/', {example}")
+    return dial
+
+
+class _Loader(yaml.SafeLoader):
+    """SafeLoader that refuses aliases (no "billion laughs") and deep nesting (no
+    RecursionError)."""
+
+    def __init__(self, stream: str) -> None:
+        super().__init__(stream)
+        self._depth = 0
+
+    def compose_node(self, parent: yaml.Node | None, index: int) -> yaml.Node | None:
+        if self.check_event(yaml.AliasEvent):
+            raise ConfigError(
+                "YAML aliases (*name) are not supported: write the value out in full",
+                "", self._line())
+        self._depth += 1
+        try:
+            if self._depth > MAX_DEPTH:
+                raise ConfigError(f"nested more than {MAX_DEPTH} levels deep", "", self._line())
+            return super().compose_node(parent, index)
+        finally:
+            self._depth -= 1
+
+    def _line(self) -> int | None:
+        event: yaml.Event = self.peek_event()  # type: ignore[no-untyped-call]
+        mark = event.start_mark
+        return None if mark is None else mark.line + 1
+
+
+def _yaml_error(exc: yaml.YAMLError | RecursionError, text: str) -> ConfigError:
+    """One line, with the line number, for whatever PyYAML raised."""
+    if isinstance(exc, RecursionError):
+        return ConfigError(f"nested too deeply (more than {MAX_DEPTH} levels)")
+    if isinstance(exc, yaml.reader.ReaderError):
+        char = exc.character
+        shown = f"#x{char:04x}" if isinstance(char, int) else repr(char)
+        return ConfigError(f"not valid YAML: {exc.reason}: {shown}", "",
+                           text[: exc.position].count("\n") + 1)
+    mark = getattr(exc, "problem_mark", None)
+    parts = [getattr(exc, "context", None), getattr(exc, "problem", None)]
+    message = ", ".join(str(p) for p in parts if p) or str(exc).splitlines()[0]
+    return ConfigError(f"not valid YAML: {message}", "",
+                       mark.line + 1 if mark is not None else None)
+
+
+def _decode(data: bytes, name: str) -> str:
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        line = data[: exc.start].count(b"\n") + 1
+        raise ConfigError(
+            f"{name} is not UTF-8 text: byte 0x{data[exc.start]:02x} at byte {exc.start}",
+            "", line) from None
+
+
+def _is_file(path: Path) -> bool:
+    try:
+        return path.is_file()
+    except (OSError, ValueError):
+        return False
+
+
+def _load_manifest(path: Path, line: int | None) -> dict[str, dict[str, str]]:
+    try:
+        data = yaml.load(_decode(path.read_bytes(), str(path)), Loader=_Loader)
+    except ConfigError as exc:
+        raise ConfigError(f"bad prompt manifest {path}: {exc}", "prompts.dir", line) from None
+    except (OSError, ValueError, yaml.YAMLError, RecursionError) as exc:
+        raise ConfigError(f"cannot read prompt manifest {path}: {exc}", "prompts.dir",
+                          line) from None
     out: dict[str, dict[str, str]] = {}
     if not isinstance(data, dict):
-        raise ConfigError(f"prompt manifest {path} must map languages to prompts", "prompts.dir")
+        raise ConfigError(f"prompt manifest {path} must map languages to prompts", "prompts.dir",
+                          line)
     for lang, prompts in data.items():
         if not isinstance(prompts, dict):
             continue
@@ -391,7 +628,7 @@ def _load_manifest(path: Path) -> dict[str, dict[str, str]]:
 
 
 def _prompt_file_exists(base: Path, rel: str) -> bool:
-    return any((base / f"{rel}{ext}").is_file() for ext in (".wav", ".gsm", ".ulaw", ".sln"))
+    return any(_is_file(base / f"{rel}{ext}") for ext in (".wav", ".gsm", ".ulaw", ".sln"))
 
 
 # --------------------------------------------------------------------------- loading
@@ -401,23 +638,26 @@ def load(path: str | Path, env: Mapping[str, str] | None = None) -> Config:
     """Read and validate a configuration file. Raises ``ConfigError``."""
     path = Path(path)
     try:
-        text = path.read_text()
+        data = path.read_bytes()
     except OSError as exc:
-        raise ConfigError(f"cannot read {path}: {exc.strerror}") from None
+        raise ConfigError(f"cannot read {path}: {exc.strerror or exc}") from None
+    except ValueError as exc:  # e.g. a NUL in the path
+        raise ConfigError(f"cannot read {path!r}: {exc}") from None
+    text = _decode(data, str(path))
     return loads(text, base_dir=path.parent, env=os.environ if env is None else env)
 
 
 def loads(text: str, base_dir: Path = Path("."), env: Mapping[str, str] | None = None) -> Config:
     env = env if env is not None else {}
     try:
-        node = yaml.compose(text, Loader=yaml.SafeLoader)
-    except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        line = mark.line + 1 if mark is not None else None
-        raise ConfigError(f"not valid YAML: {getattr(exc, 'problem', exc)}", "", line) from None
+        node = yaml.compose(text, Loader=_Loader)
+    except (yaml.YAMLError, RecursionError) as exc:
+        raise _yaml_error(exc, text) from None
     if not isinstance(node, yaml.MappingNode):
         raise ConfigError("the file must be a YAML mapping (ari:, queues:, agents: ...)")
-    root = _Doc(node, "")
+    lines: dict[str, int] = {}
+    root = _Doc(node, "", lines)
+    region = _region(root, None)
 
     # ---- ari
     a = root.sub("ari")
@@ -434,6 +674,13 @@ def loads(text: str, base_dir: Path = Path("."), env: Mapping[str, str] | None =
         raise a.err("password", "is required (or set IVR_ARI_PASSWORD)")
     if not re.match(r"^https?://", ari.url):
         raise a.err("url", "must start with http:// or https://")
+    try:
+        parsed = urlsplit(ari.url)
+        if not parsed.hostname:
+            raise ValueError("no host")
+        parsed.port  # noqa: B018 - raises ValueError when out of range
+    except ValueError as exc:
+        raise a.err("url", f"not a valid URL {ari.url!r}: {exc}") from None
     if not _NAME.match(ari.app):
         raise a.err("app", "must be a short name of letters, digits, _ . -")
     a.check_unknown()
@@ -472,18 +719,17 @@ def loads(text: str, base_dir: Path = Path("."), env: Mapping[str, str] | None =
         lang = p.scalar("language", "en")
         p.check_unknown()
     prompt_dir = Path(pdir) if Path(pdir).is_absolute() else base_dir / pdir
+    dir_line = lines.get("prompts.dir", lines.get("prompts"))
     manifest = prompt_dir / "manifest.yaml"
-    if not manifest.is_file():
-        raise ConfigError(f"no prompt manifest at {manifest}", "prompts.dir")
-    files = _load_manifest(manifest)
+    if not _is_file(manifest):
+        raise ConfigError(f"no prompt manifest at {manifest}", "prompts.dir", dir_line)
+    files = _load_manifest(manifest, dir_line)
 
     # ---- outbound
     o = root.sub("outbound")
     assert o is not None
-    dial = o.scalar("dial")
-    if "{number}" not in dial or "/" not in dial:
-        raise o.err("dial", "must be a dial string with {number}, e.g. PJSIP/{number}@carrier")
-    outbound = OutboundConfig(dial=dial, dial_timeout=_duration(o, "dial_timeout", "30s", 1, 300))
+    outbound = OutboundConfig(dial=_dial(o),
+                              dial_timeout=_duration(o, "dial_timeout", "30s", 1, 300))
     o.check_unknown()
 
     # ---- queues
@@ -502,10 +748,11 @@ def loads(text: str, base_dir: Path = Path("."), env: Mapping[str, str] | None =
         max_waiting = _int(q, "max_waiting", None, 1, 100) if q.has("max_waiting") else None
         q.used.add("max_waiting")
         max_ewt = _opt_duration(q, "max_ewt", 30, 3600)
-        allowed = q.strings("allowed_numbers", ("_X.",))
-        denied = q.strings("denied_numbers", DEFAULT_DENIED)
-        _check_patterns(q, "allowed_numbers", allowed)
-        _check_patterns(q, "denied_numbers", denied)
+        qregion = _region(q, region)
+        callback_regions = _regions(q, "callback_regions", (qregion,))
+        number_types = _number_types(q)
+        allowed = _patterns(q, "allowed_numbers")
+        denied = _patterns(q, "denied_numbers")
         hours_doc = q.sub("hours", required=False)
         overrides: dict[str, str] = {}
         pr = q.sub("prompts", required=False)
@@ -527,6 +774,9 @@ def loads(text: str, base_dir: Path = Path("."), env: Mapping[str, str] | None =
             language=qlang,
             max_waiting=max_waiting,
             max_ewt=max_ewt,
+            region=qregion,
+            callback_regions=callback_regions,
+            number_types=number_types,
             first_offer_after=_duration(q, "first_offer_after", "30s", 0.1, 3600),
             repeat_offer_every=_duration(q, "repeat_offer_every", "120s", 0.1, 3600),
             allowed_numbers=allowed,
@@ -546,6 +796,10 @@ def loads(text: str, base_dir: Path = Path("."), env: Mapping[str, str] | None =
         if max_waiting is None and max_ewt is None:
             raise q.err("max_waiting", "set max_waiting, max_ewt or both (the overflow condition)")
         q.check_unknown()
+        try:
+            queues[name].number_guard()
+        except ValueError as exc:  # every part was checked above; this is the backstop
+            raise qd.err(name, f"bad number policy: {exc}") from None
     if not queues:
         raise root.err("queues", "define at least one queue")
 
@@ -553,14 +807,14 @@ def loads(text: str, base_dir: Path = Path("."), env: Mapping[str, str] | None =
         have = files.get(language)
         if have is None:
             raise ConfigError(f"no prompts for language {language!r} in {manifest}",
-                              "prompts.language")
+                              "prompts.language", lines.get("prompts.language", dir_line))
         for pid in PROMPT_IDS:
             if pid not in have:
                 raise ConfigError(f"prompt {pid!r} missing for {language!r} in {manifest}",
-                                  "prompts.dir")
+                                  "prompts.dir", dir_line)
             if not _prompt_file_exists(prompt_dir, have[pid]):
                 raise ConfigError(f"prompt file {prompt_dir / have[pid]}.wav does not exist",
-                                  "prompts.dir")
+                                  "prompts.dir", dir_line)
     prompts = PromptConfig(
         dir=prompt_dir, asterisk_dir=adir or str(prompt_dir.resolve()), language=lang, files=files
     )
@@ -601,6 +855,7 @@ def loads(text: str, base_dir: Path = Path("."), env: Mapping[str, str] | None =
         queues=queues,
         agents=agents,
         log_level=log_level,
+        lines=lines,
     )
 
 

@@ -50,6 +50,8 @@ ROOTFS_NAME = "asterisk-rootfs"
 RUNS_DIR = "ivr-runs"
 DEFAULT_AGENTS: tuple[str, ...] = tuple(f"agent{i}" for i in range(1, 7))
 RTP_PORTS_PER_RUN = 200
+# The quick start's caller softphone presents this (a fictional, valid US number).
+DEMO_CALLER_NUMBER = "2015550123"
 START_TIMEOUT = 60.0
 
 MMDEBSTRAP_PACKAGES = "asterisk,asterisk-core-sounds-en,asterisk-moh-opsound-wav"
@@ -203,7 +205,8 @@ class AsteriskInstance:
     prompts_dir: str
     test_dids: bool
     sip_bind: str = "127.0.0.1"
-    #: quick start only: a registering account (context from-carrier) to play the caller
+    #: quick start only: a registering account (context from-carrier) to play the caller,
+    #: presenting DEMO_CALLER_NUMBER
     caller_password: str = ""
     pid: int | None = None
     _proc: subprocess.Popen[bytes] | None = field(default=None, repr=False, compare=False)
@@ -468,9 +471,13 @@ def _render(inst: AsteriskInstance, config_src: Path, agents: Sequence[str]) -> 
         f"[{inst.reg_user}](agent-aor)\nqualify_frequency = 0\n"
     )
     if inst.caller_password:
-        # Quick start: a softphone account that dials in like the carrier does.
+        # Quick start: a softphone account that dials in like the carrier does. It
+        # presents a valid US number (fictional 201-555-01xx range), as a carrier
+        # would, whatever the softphone puts in From: the service offers callbacks
+        # only to valid numbers of the queue's region, and "caller" is none.
         agent_blocks.append(
-            "[caller](agent-endpoint)\ncontext = from-carrier\nauth = caller\naors = caller\n\n"
+            "[caller](agent-endpoint)\ncontext = from-carrier\nauth = caller\naors = caller\n"
+            f"callerid = \"Demo caller\" <{DEMO_CALLER_NUMBER}>\n\n"
             f"[caller](agent-auth)\nusername = caller\npassword = {inst.caller_password}\n\n"
             "[caller](agent-aor)\nqualify_frequency = 0\n"
         )

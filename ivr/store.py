@@ -22,17 +22,29 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import logging
 import os
 import queue
 import sqlite3
+import stat
 import threading
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, Protocol, TypeVar
+from urllib.parse import quote
 
 from ivr.domain.items import OPEN_STATES, HistoryEntry, Kind, State, WorkItem
 
 T = TypeVar("T")
+
+log = logging.getLogger(__name__)
+
+# The store holds customers' phone numbers: owner only. SQLite creates the -wal and -shm
+# files with the main file's mode, so creating that one 0600 covers all three.
+FILE_MODE = 0o600
+DIR_MODE = 0o700
+_SIDE_FILES = ("-wal", "-shm")
 
 # Each entry moves the schema from version i to i + 1 (PRAGMA user_version). Append
 # only; never edit a released entry.
@@ -307,7 +319,41 @@ def _resolve(
         loop.call_soon_threadsafe(settle)
 
 
+def _make_dirs(directory: str) -> None:
+    """Create ``directory`` and any missing parents, each ``DIR_MODE`` (umask permitting)."""
+    missing: list[str] = []
+    d = os.path.abspath(directory)
+    while not os.path.isdir(d):
+        missing.append(d)
+        parent = os.path.dirname(d)
+        if parent == d:
+            break
+        d = parent
+    for d in reversed(missing):
+        with contextlib.suppress(FileExistsError):
+            os.mkdir(d, DIR_MODE)
+
+
+def _secure_files(path: str) -> None:
+    """Create the database file ``FILE_MODE`` if missing (before SQLite does, with the
+    umask's mode); tighten an existing database, -wal or -shm that group or others may
+    read."""
+    _make_dirs(os.path.dirname(path) or ".")
+    fd = os.open(path, os.O_RDONLY | os.O_CREAT | getattr(os, "O_CLOEXEC", 0), FILE_MODE)
+    os.close(fd)
+    for name in (path, *(path + suffix for suffix in _SIDE_FILES)):
+        try:
+            st = os.stat(name)
+        except FileNotFoundError:
+            continue
+        if stat.S_ISREG(st.st_mode) and st.st_mode & 0o077:
+            log.warning("store file %s had mode %04o (group/other access); setting %04o",
+                        name, stat.S_IMODE(st.st_mode), FILE_MODE)
+            os.chmod(name, FILE_MODE)
+
+
 def _connect(path: str) -> sqlite3.Connection:
+    _secure_files(path)
     # isolation_level=None: we issue BEGIN/COMMIT ourselves, no implicit transactions.
     conn = sqlite3.connect(path, isolation_level=None, check_same_thread=True)
     mode = conn.execute("PRAGMA journal_mode=WAL").fetchone()[0]
@@ -319,6 +365,94 @@ def _connect(path: str) -> sqlite3.Connection:
     conn.execute("PRAGMA foreign_keys=ON")
     conn.execute("PRAGMA busy_timeout=5000")
     return conn
+
+
+def probe(path: str | os.PathLike[str]) -> str | None:
+    """Can ``path`` be used as the store? None if so, else a one-line reason. Read only:
+    creates nothing, and opens an existing database read-only (``ivr check-config``)."""
+    try:
+        reason = _probe(Path(path))
+    except (OSError, ValueError, sqlite3.Error) as exc:
+        reason = f"cannot use {os.fspath(path)!r} as the store: {exc}"
+    return None if reason is None else " ".join(reason.splitlines())
+
+
+def _probe(path: Path) -> str | None:
+    try:
+        st = path.stat()
+    except (FileNotFoundError, NotADirectoryError):
+        return _probe_dir(path.absolute().parent)
+    if not stat.S_ISREG(st.st_mode):
+        return f"{path} exists and is not a regular file"
+    if not os.access(path, os.R_OK | os.W_OK):
+        return f"{path} is not readable and writable by this user"
+    reason = _probe_dir(path.absolute().parent)
+    if reason is not None:
+        return reason
+    sides: list[str] = []
+    for suffix in _SIDE_FILES:
+        side = Path(f"{path}{suffix}")
+        try:
+            side_st = side.stat()
+        except FileNotFoundError:
+            continue
+        if not stat.S_ISREG(side_st.st_mode) or not os.access(side, os.R_OK | os.W_OK):
+            return f"{side} is not a regular file readable and writable by this user"
+        sides.append(suffix)
+    euid = os.geteuid() if hasattr(os, "geteuid") else 0
+    for name in (path, *(Path(f"{path}{s}") for s in sides)):
+        name_st = name.stat()
+        if name_st.st_mode & 0o077 and euid not in (0, name_st.st_uid):
+            return (f"{name} has mode {stat.S_IMODE(name_st.st_mode):04o} and belongs to "
+                    f"another user, so it cannot be set to {FILE_MODE:04o}")
+    if st.st_size == 0:
+        return None  # SQLite makes a database of an empty file
+    with open(path, "rb") as f:
+        header = f.read(100)
+    if not header.startswith(b"SQLite format 3\x00"):
+        return f"{path} is not a SQLite database"
+    # A read-only connection to a WAL database whose -wal/-shm are missing would create
+    # them; then the main file is the whole database and ``immutable`` reads it as is.
+    wal = len(header) > 19 and header[18] == 2
+    params = "mode=ro&immutable=1" if wal and len(sides) < 2 else "mode=ro"
+    uri = f"file:{quote(os.fspath(path.absolute()))}?{params}"
+    try:
+        conn = sqlite3.connect(uri, uri=True, timeout=5)
+    except sqlite3.Error as exc:
+        return f"cannot open {path}: {exc}"
+    try:
+        check = conn.execute("PRAGMA quick_check").fetchone()
+        if check is None or check[0] != "ok":
+            return f"{path} is damaged (quick_check: {check[0] if check else 'no answer'})"
+        version = int(conn.execute("PRAGMA user_version").fetchone()[0])
+    except sqlite3.DatabaseError as exc:
+        return f"{path} is not a usable SQLite database: {exc}"
+    finally:
+        conn.close()
+    if version > len(MIGRATIONS):
+        return (f"{path} has database schema version {version}, newer than this program "
+                f"({len(MIGRATIONS)})")
+    return None
+
+
+def _probe_dir(directory: Path) -> str | None:
+    """The store's directory exists and is writable, or can be created."""
+    d = directory
+    while True:
+        try:
+            st = d.stat()
+        except (FileNotFoundError, NotADirectoryError):
+            if d.parent == d:
+                return f"{directory} cannot be created"
+            d = d.parent
+            continue
+        break
+    if not stat.S_ISDIR(st.st_mode):
+        return f"{d} is not a directory"
+    if not os.access(d, os.W_OK | os.X_OK):
+        what = "create files in" if d == directory else f"create {directory} in"
+        return f"cannot {what} {d}: not writable by this user"
+    return None
 
 
 def _init_db(conn: sqlite3.Connection) -> None:

@@ -22,7 +22,6 @@ FAST_QUEUE: dict[str, Any] = {
     "preview_timeout": "6s",
     "retry_interval": "2s",
     "wrap_up": "0s",
-    "allowed_numbers": ["_X."],
 }
 
 
@@ -39,6 +38,7 @@ def write_config(
         did = name[1:] if name.startswith("q7") else q["did"]
         qdoc[name] = {"did": did, "caller_id": "5550100", **FAST_QUEUE, **q}
     doc: dict[str, Any] = {
+        "region": "US",
         "ari": {"url": inst.ari_url, "user": inst.ari_user, "password": inst.ari_password,
                 "app": inst.app_name},
         "store": {"path": str(tmp_path / "ivr.sqlite3")},

@@ -108,12 +108,12 @@ async def test_inbound_caller_is_bridged_to_the_free_agent(
     svc = await service({"q7201": {"max_waiting": 5, "wrap_up": "2s"}},
                         agents_cfg("agent1", queue="q7201"))
     phone = sip_phone("agent1", behaviours=CallBehaviour(answer_after=0.5, hangup_after=3.0))
-    caller = SipCaller(asterisk, "7201", caller="5550201", caller_name="Ada", max_duration=30)
+    caller = SipCaller(asterisk, "7201", caller="2015550201", caller_name="Ada", max_duration=30)
     caller.start()
-    chan, _ = await caller_channel(ari_observer, "5550201")
+    chan, _ = await caller_channel(ari_observer, "2015550201")
     [call] = await phone.wait_for_calls(1, 20)
     assert call.header("X-Work-Type") == "inbound"
-    assert call.from_number == "5550201" and call.from_name == "Ada"
+    assert call.from_number == "+12015550201" and call.from_name == "Ada"
     await until(lambda: len(bridged(ari_observer, chan)) == 1)
     bridge_id = bridged(ari_observer, chan)[0]["bridge"]["id"]
     members = ari_observer.find(lambda e: e.get("type") == "ChannelEnteredBridge"
@@ -124,7 +124,7 @@ async def test_inbound_caller_is_bridged_to_the_free_agent(
     [done] = await phone.wait_for_calls(1, 10, lambda c: c.ended)
     assert done.bye_sent_at is not None and result.bye_received_at is not None
     assert result.bye_received_at >= done.bye_sent_at - 0.5
-    stored = await _stored_item(svc, "5550201")
+    stored = await _stored_item(svc, "2015550201")
     assert stored.state == State.CONNECTED
     # Wrap-up after the call, then available again by itself.
     await until(lambda: status(svc, "agent1") == AgentStatus.WRAP_UP, timeout=10)
@@ -141,9 +141,9 @@ async def test_offer_stops_when_an_agent_takes_the_caller(
                                    "first_offer_after": "1s", "repeat_offer_every": "60s"}},
                         agents_cfg("agent1", queue="q7202"), not_ready=("agent1",))
     phone = sip_phone("agent1", behaviours=CallBehaviour(answer_after=0.2, hangup_after=2.0))
-    caller = SipCaller(asterisk, "7202", caller="5550202", max_duration=30)
+    caller = SipCaller(asterisk, "7202", caller="2015550202", max_duration=30)
     caller.start()
-    chan, _ = await caller_channel(ari_observer, "5550202")
+    chan, _ = await caller_channel(ari_observer, "2015550202")
     await until(lambda: bool(playbacks(ari_observer, chan, "en/offer")))
     assert svc.dispatcher is not None
     svc.dispatcher.set_ready("agent1", True)
@@ -164,12 +164,12 @@ async def test_caller_hangs_up_while_agent_rings(
     svc = await service({"q7203": {"max_waiting": 5, "ring_timeout": "20s"}},
                         agents_cfg("agent1", queue="q7203"))
     phone = sip_phone("agent1", behaviours=RING_FOREVER)
-    caller = SipCaller(asterisk, "7203", caller="5550203", hangup_after=2.0, max_duration=30)
+    caller = SipCaller(asterisk, "7203", caller="2015550203", hangup_after=2.0, max_duration=30)
     caller.start()
     await phone.wait_for_calls(1, 20)
     assert (await caller.wait(30)).hung_up_by == "us"
     await phone.wait_for_calls(1, 20, lambda c: c.cancelled_at is not None)
-    assert (await _stored_item(svc, "5550203")).state == State.ABANDONED
+    assert (await _stored_item(svc, "2015550203")).state == State.ABANDONED
     await until(lambda: status(svc, "agent1") == AgentStatus.AVAILABLE)
     await nothing_left(svc)
 
@@ -182,7 +182,7 @@ async def test_no_answer_moves_on_and_sets_agent_not_ready(
                         agents_cfg("agent1", "agent2", queue="q7204"), not_ready=("agent2",))
     silent = sip_phone("agent1", behaviours=RING_FOREVER)
     other = sip_phone("agent2", behaviours=CallBehaviour(answer_after=0.3, hangup_after=1.0))
-    caller = SipCaller(asterisk, "7204", caller="5550204", max_duration=30)
+    caller = SipCaller(asterisk, "7204", caller="2015550204", max_duration=30)
     caller.start()
     await silent.wait_for_calls(1, 20)
     await until(lambda: status(svc, "agent1") == AgentStatus.NOT_READY, timeout=15)
@@ -209,7 +209,7 @@ async def test_full_direct_callback(
     phone = sip_phone("agent1", behaviours=CallBehaviour(answer_after=0.3,
                                                          digits=[(1.0, "1")]))
     carrier = sip_carrier(behaviours=CallBehaviour(answer_after=0.5, hangup_after=2.0))
-    await request_callback(asterisk, ari_observer, "7205", "5550205")
+    await request_callback(asterisk, ari_observer, "7205", "2015550205")
     assert carrier.calls() == [] and phone.calls() == []
     assert svc.dispatcher is not None
     svc.dispatcher.set_ready("agent1", True)
@@ -217,7 +217,7 @@ async def test_full_direct_callback(
     [offer] = await phone.wait_for_calls(1, 20, lambda c: c.answered_at is not None)
     assert offer.header("X-Work-Type") == "callback"
     assert offer.from_name is not None and "CALLBACK" in offer.from_name.upper()
-    assert offer.from_number == "5550205"
+    assert offer.from_number == "+12015550205"
     agent_chan = await _agent_channel(ari_observer, offer)
     accept = await ari_observer.wait_type("ChannelDtmfReceived", channel_id=agent_chan)
     assert accept["digit"] == "1"
@@ -225,7 +225,7 @@ async def test_full_direct_callback(
     assert playbacks(ari_observer, agent_chan, "en/preview_intro")
 
     [dialled] = await carrier.wait_for_calls(1, 20)
-    assert dialled.dialled == "5550205"
+    assert dialled.dialled == "+12015550205"
     assert dialled.from_number == "5550100"  # the queue's caller id
     assert dialled.invited_at >= ts(accept) - 0.05  # nothing dialled before the 1
     await until(lambda: len(bridged(ari_observer, agent_chan)) == 1)
@@ -233,7 +233,7 @@ async def test_full_direct_callback(
     assert done.bye_sent_at is not None  # the customer hung up ...
     [agent_call] = await phone.wait_for_calls(1, 20, lambda c: c.ended)
     assert agent_call.bye_received_at is not None  # ... and we hung up the agent
-    stored = await _stored_item(svc, "5550205")
+    stored = await _stored_item(svc, "2015550205")
     assert stored.state == State.DONE and stored.attempts == 1
     await nothing_left(svc)
 
@@ -258,7 +258,7 @@ async def test_decline_goes_to_next_agent_and_silent_agent_goes_not_ready(
     silent = sip_phone("agent2", behaviours=SILENT)
     taker = sip_phone("agent3", behaviours=ACCEPT)
     carrier = sip_carrier(behaviours=CallBehaviour(answer_after=0.3, hangup_after=1.0))
-    await request_callback(asterisk, ari_observer, "7206", "5550206")
+    await request_callback(asterisk, ari_observer, "7206", "2015550206")
     d = svc.dispatcher
     assert d is not None
     d.set_ready("agent1", True)
@@ -278,10 +278,10 @@ async def test_decline_goes_to_next_agent_and_silent_agent_goes_not_ready(
     await until(lambda: status(svc, "agent2") == AgentStatus.NOT_READY, timeout=20)
     await taker.wait_for_calls(1, 20, lambda c: c.answered_at is not None)
     [dialled] = await carrier.wait_for_calls(1, 20)
-    assert dialled.dialled == "5550206"
+    assert dialled.dialled == "+12015550206"
     assert len(decliner.calls()) == 1 and len(silent.calls()) == 1
     await until(lambda: svc.engine.items("q7206") == [])
-    stored = await _stored_item(svc, "5550206")
+    stored = await _stored_item(svc, "2015550206")
     assert stored.state == State.DONE
     # Every step is in the item's stored history, with who did what.
     steps = [(h.event, h.detail.get("agent", "")) for h in stored.history
@@ -303,7 +303,7 @@ async def test_customer_no_answer_then_busy_retries_then_fails(
                         agents_cfg("agent1", queue="q7207"), not_ready=("agent1",))
     phone = sip_phone("agent1", behaviours=ACCEPT)
     carrier = sip_carrier(behaviours=[RING_FOREVER, BUSY])
-    await request_callback(asterisk, ari_observer, "7207", "5550207")
+    await request_callback(asterisk, ari_observer, "7207", "2015550207")
     assert svc.dispatcher is not None
     svc.dispatcher.set_ready("agent1", True)
     calls = await carrier.wait_for_calls(2, 60, lambda c: c.ended)
@@ -311,7 +311,7 @@ async def test_customer_no_answer_then_busy_retries_then_fails(
     assert calls[1].rejected_with == 486
     assert calls[1].invited_at - calls[0].cancelled_at >= 3.0 - 0.5  # retry_interval
     await until(lambda: not svc.engine.items("q7207"), timeout=20)
-    stored = await _stored_item(svc, "5550207")
+    stored = await _stored_item(svc, "2015550207")
     assert stored.state == State.FAILED and stored.attempts == 2
     assert len(phone.calls()) == 2
 
@@ -335,14 +335,15 @@ async def test_order_two_callbacks_and_one_inbound_two_agents(
     p1 = sip_phone("agent1", behaviours=talk)
     p2 = sip_phone("agent2", behaviours=talk)
     carrier = sip_carrier(behaviours=CallBehaviour(answer_after=0.3))
-    await request_callback(asterisk, ari_observer, "7208", "5550281")
-    live = SipCaller(asterisk, "7208", caller="5550282", max_duration=60)
+    await request_callback(asterisk, ari_observer, "7208", "2015550281")
+    live = SipCaller(asterisk, "7208", caller="2015550282", max_duration=60)
     live.start()
-    await caller_channel(ari_observer, "5550282")
-    await request_callback(asterisk, ari_observer, "7208", "5550283")
+    await caller_channel(ari_observer, "2015550282")
+    await request_callback(asterisk, ari_observer, "7208", "2015550283")
     queue = svc.engine.items("q7208")
     assert [(i.number, i.kind) for i in queue] == [
-        ("5550281", Kind.CALLBACK), ("5550282", Kind.INBOUND), ("5550283", Kind.CALLBACK)]
+        ("+12015550281", Kind.CALLBACK), ("+12015550282", Kind.INBOUND),
+        ("+12015550283", Kind.CALLBACK)]
     assert svc.dispatcher is not None
     svc.dispatcher.set_ready("agent1", True)
     svc.dispatcher.set_ready("agent2", True)
@@ -350,12 +351,12 @@ async def test_order_two_callbacks_and_one_inbound_two_agents(
     # One pass, two free agents: the longest idle (agent1) gets the earliest item, agent2
     # the next; the third goes out only when one of them is free again.
     first1, first2 = p1.calls()[0], p2.calls()[0]
-    assert (first1.from_number, first1.header("X-Work-Type")) == ("5550281", "callback")
-    assert (first2.from_number, first2.header("X-Work-Type")) == ("5550282", "inbound")
-    [third] = [c for c in p1.calls() + p2.calls() if c.from_number == "5550283"]
+    assert (first1.from_number, first1.header("X-Work-Type")) == ("+12015550281", "callback")
+    assert (first2.from_number, first2.header("X-Work-Type")) == ("+12015550282", "inbound")
+    [third] = [c for c in p1.calls() + p2.calls() if c.from_number == "+12015550283"]
     assert third.invited_at > max(first1.invited_at, first2.invited_at)
     await carrier.wait_for_calls(2, 30)
-    assert [c.dialled for c in carrier.calls()] == ["5550281", "5550283"]
+    assert [c.dialled for c in carrier.calls()] == ["+12015550281", "+12015550283"]
     await until(lambda: not svc.engine.items("q7208"), timeout=30)
     assert (await live.wait(30)).hung_up_by == "them"
     await nothing_left(svc)
@@ -375,7 +376,7 @@ async def test_hangups_mid_preview_and_mid_dial_lose_nothing(
         CallBehaviour(answer_after=0.3, digits=[(0.5, "1")], hangup_after=2.5),  # mid-dial
     ])
     carrier = sip_carrier(behaviours=RING_FOREVER)
-    await request_callback(asterisk, ari_observer, "7209", "5550209")
+    await request_callback(asterisk, ari_observer, "7209", "2015550209")
     assert svc.dispatcher is not None
     svc.dispatcher.set_ready("agent1", True)
     await phone.wait_for_calls(1, 20, lambda c: c.ended)
@@ -383,13 +384,13 @@ async def test_hangups_mid_preview_and_mid_dial_lose_nothing(
     # The agent hung up on the preview: declined-like, so they stay available.
     await phone.wait_for_calls(2, 30, lambda c: c.ended)
     [cancelled] = await carrier.wait_for_calls(1, 20, lambda c: c.cancelled_at is not None)
-    assert cancelled.dialled == "5550209"
+    assert cancelled.dialled == "+12015550209"
     await until(lambda: bool(svc.engine.items("q7209"))
                 and svc.engine.items("q7209")[0].state == State.CALLBACK_PENDING)
     [item] = svc.engine.items("q7209")
     assert item.attempts == 1 and svc.engine.position(item.id) == 1
     await nothing_left(svc)
-    stored = await _stored_item(svc, "5550209")
+    stored = await _stored_item(svc, "2015550209")
     assert stored.state == State.CALLBACK_PENDING
     assert asyncio.get_running_loop()  # the service loop is still healthy
 
@@ -408,7 +409,7 @@ async def test_verify_customer_press_1_before_bridge(
         CallBehaviour(answer_after=0.3),                                  # voicemail: no 1
         CallBehaviour(answer_after=0.3, digits=[(1.0, "1")], hangup_after=3.0),
     ])
-    caller_chan = await request_callback(asterisk, ari_observer, "7210", "5550210")
+    caller_chan = await request_callback(asterisk, ari_observer, "7210", "2015550210")
     assert svc.dispatcher is not None
     svc.dispatcher.set_ready("agent1", True)
     calls = await carrier.wait_for_calls(2, 60, lambda c: c.ended)
@@ -424,7 +425,7 @@ async def test_verify_customer_press_1_before_bridge(
     entered = await ari_observer.wait_type("ChannelEnteredBridge", channel_id=cust_chan)
     assert ts(entered) >= ts(cust2[0])  # bridged only after the customer's 1
     await until(lambda: not svc.engine.items("q7210"), timeout=20)
-    stored = await _stored_item(svc, "5550210")
+    stored = await _stored_item(svc, "2015550210")
     assert stored.state == State.DONE and stored.attempts == 2
     assert len(phone.calls()) == 2
     await nothing_left(svc)
@@ -440,14 +441,14 @@ async def test_callbacks_wait_for_business_hours_live_callers_do_not(
                         agents_cfg("agent1", queue="q7211"), not_ready=("agent1",))
     phone = sip_phone("agent1", behaviours=CallBehaviour(answer_after=0.3, hangup_after=1.0))
     carrier = sip_carrier(behaviours=CallBehaviour(answer_after=0.3))
-    await request_callback(asterisk, ari_observer, "7211", "5550211")
-    live = SipCaller(asterisk, "7211", caller="5550212", max_duration=30)
+    await request_callback(asterisk, ari_observer, "7211", "2015550211")
+    live = SipCaller(asterisk, "7211", caller="2015550212", max_duration=30)
     live.start()
-    await caller_channel(ari_observer, "5550212")
+    await caller_channel(ari_observer, "2015550212")
     assert svc.dispatcher is not None
     svc.dispatcher.set_ready("agent1", True)
     [call] = await phone.wait_for_calls(1, 20, lambda c: c.ended)
-    assert call.from_number == "5550212" and call.header("X-Work-Type") == "inbound"
+    assert call.from_number == "+12015550212" and call.header("X-Work-Type") == "inbound"
     assert (await live.wait(30)).hung_up_by == "them"
     # Several dispatch passes later the callback is still held, untouched.
     await until(lambda: status(svc, "agent1") == AgentStatus.AVAILABLE)
@@ -463,9 +464,9 @@ async def test_open_callbacks_expire(
 ) -> None:
     svc = await service({"q7212": {**CB_QUEUE, "expire_after": "3s"}},
                         agents_cfg("agent1", queue="q7212"), not_ready=("agent1",))
-    await request_callback(asterisk, ari_observer, "7212", "5550213")
+    await request_callback(asterisk, ari_observer, "7212", "2015550213")
     await until(lambda: not svc.engine.items("q7212"), timeout=20)
-    assert (await _stored_item(svc, "5550213")).state == State.EXPIRED
+    assert (await _stored_item(svc, "2015550213")).state == State.EXPIRED
 
 
 async def test_unregistered_softphone_is_never_offered_work(
@@ -479,15 +480,15 @@ async def test_unregistered_softphone_is_never_offered_work(
                          wait_reachable=False)
     assert svc2.dispatcher is not None
     assert status(svc2, "reg") == AgentStatus.OFFLINE
-    caller = SipCaller(asterisk, "7213", caller="5550214", max_duration=40)
+    caller = SipCaller(asterisk, "7213", caller="2015550214", max_duration=40)
     caller.start()
-    await caller_channel(ari_observer, "5550214")
+    await caller_channel(ari_observer, "2015550214")
     phone = sip_phone("regagent", behaviours=CallBehaviour(answer_after=0.3,
                                                            hangup_after=1.0))
     await phone.wait_registered()
     await until(lambda: status(svc2, "reg") != AgentStatus.OFFLINE, timeout=20)
     [call] = await phone.wait_for_calls(1, 20, lambda c: c.ended)
-    assert call.from_number == "5550214"
+    assert call.from_number == "+12015550214"
     assert (await caller.wait(30)).hung_up_by == "them"
 
 
@@ -501,7 +502,7 @@ async def test_agent_phone_busy_is_a_decline_not_silence(
                         agents_cfg("agent1", "agent2", queue="q7214"), not_ready=("agent2",))
     rejecting = sip_phone("agent1", behaviours=BUSY)
     other = sip_phone("agent2", behaviours=CallBehaviour(answer_after=0.3, hangup_after=1.0))
-    caller = SipCaller(asterisk, "7214", caller="5550215", max_duration=30)
+    caller = SipCaller(asterisk, "7214", caller="2015550215", max_duration=30)
     caller.start()
     [rejected] = await rejecting.wait_for_calls(1, 20, lambda c: c.ended)
     assert rejected.rejected_with == 486
@@ -526,11 +527,11 @@ async def test_caller_entering_another_number_is_not_taken_by_an_agent_meanwhile
                         agents_cfg("agent1", queue="q7215"), not_ready=("agent1",))
     phone = sip_phone("agent1", behaviours=ACCEPT)
     carrier = sip_carrier(behaviours=CallBehaviour(answer_after=0.3, hangup_after=1.0))
-    keys = [(3.0, "2"), *[(4.0 + 0.35 * i, k) for i, k in enumerate("5557655#")],
+    keys = [(3.0, "2"), *[(4.0 + 0.35 * i, k) for i, k in enumerate("2015557655#")],
             (11.0, "1")]
-    caller = SipCaller(asterisk, "7215", caller="5550216", infos=keys, max_duration=40)
+    caller = SipCaller(asterisk, "7215", caller="2015550216", infos=keys, max_duration=40)
     caller.start()
-    chan, _ = await caller_channel(ari_observer, "5550216")
+    chan, _ = await caller_channel(ari_observer, "2015550216")
     await until(lambda: bool(playbacks(ari_observer, chan, "en/enter_number")))
     assert svc.dispatcher is not None
     svc.dispatcher.set_ready("agent1", True)
@@ -538,8 +539,8 @@ async def test_caller_entering_another_number_is_not_taken_by_an_agent_meanwhile
     assert result.hung_up_by == "them" and result.bye_received_at is not None
     [offer] = await phone.wait_for_calls(1, 30)
     assert offer.invited_at > result.bye_received_at  # not before the caller was done
-    assert offer.header("X-Work-Type") == "callback" and offer.from_number == "5557655"
+    assert offer.header("X-Work-Type") == "callback" and offer.from_number == "+12015557655"
     [dialled] = await carrier.wait_for_calls(1, 30)
-    assert dialled.dialled == "5557655"
+    assert dialled.dialled == "+12015557655"
     await until(lambda: not svc.engine.items("q7215"), timeout=30)
     await nothing_left(svc)

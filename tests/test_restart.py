@@ -51,14 +51,14 @@ async def test_kill_9_then_restart_readopts_waiting_callers(
         [sys.executable, "-m", "ivr.cli", "run", str(tmp_path / "config.yaml")],
         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     await _healthy(f"http://127.0.0.1:{http['port']}/healthz", proc)
-    a = SipCaller(asterisk, "7301", caller="5550301", digits=[(9.0, "1")], max_duration=40)
-    b = SipCaller(asterisk, "7301", caller="5550302", max_duration=40)
+    a = SipCaller(asterisk, "7301", caller="2015550301", digits=[(9.0, "1")], max_duration=40)
+    b = SipCaller(asterisk, "7301", caller="2015550302", max_duration=40)
     try:
         a.start()
-        chan_a, _ = await caller_channel(ari_observer, "5550301")
+        chan_a, _ = await caller_channel(ari_observer, "2015550301")
         await a.wait_answered(20)
         b.start()
-        chan_b, _ = await caller_channel(ari_observer, "5550302")
+        chan_b, _ = await caller_channel(ari_observer, "2015550302")
         await b.wait_answered(20)
         await asyncio.sleep(0.5)  # let the second arrival's commit land (no event marks it)
     finally:
@@ -68,7 +68,7 @@ async def test_kill_9_then_restart_readopts_waiting_callers(
     async with running(cfg) as svc:
         await until(lambda: len(svc.engine.items("q7301")) == 2)
         order = [(i.number, i.kind, svc.engine.position(i.id)) for i in svc.engine.items("q7301")]
-        assert order == [("5550301", Kind.INBOUND, 1), ("5550302", Kind.INBOUND, 2)]
+        assert order == [("+12015550301", Kind.INBOUND, 1), ("+12015550302", Kind.INBOUND, 2)]
         # The re-adopted sessions keep the original offer schedule and take the 1.
         await until(lambda: bool(playbacks(ari_observer, chan_a, "connecting")))
         await until(lambda: bool(playbacks(ari_observer, chan_b, "connecting")))
@@ -76,8 +76,9 @@ async def test_kill_9_then_restart_readopts_waiting_callers(
                                                           "minutes"))
         assert (await a.wait(30)).hung_up_by == "them"
         [cb, live] = svc.engine.items("q7301")
-        assert (cb.kind, cb.number, svc.engine.position(cb.id)) == (Kind.CALLBACK, "5550301", 1)
-        assert (live.number, svc.engine.position(live.id)) == ("5550302", 2)
+        assert (cb.kind, cb.number, svc.engine.position(cb.id)) == (
+            Kind.CALLBACK, "+12015550301", 1)
+        assert (live.number, svc.engine.position(live.id)) == ("+12015550302", 2)
     b.stop()
 
 
@@ -97,14 +98,14 @@ async def test_asterisk_restart_keeps_callbacks_and_cleans_up_lost_calls(
     cfg = write_config(inst, tmp_path, queues)
     try:
         async with running(cfg) as svc:
-            cb = SipCaller(inst, "7302", caller="5550311", digits=[(1.8, "1")],
+            cb = SipCaller(inst, "7302", caller="2015550311", digits=[(1.8, "1")],
                            max_duration=30)
             cb.start()
-            await caller_channel(obs, "5550311")
+            await caller_channel(obs, "2015550311")
             assert (await cb.wait(30)).hung_up_by == "them"
-            live = SipCaller(inst, "7302", caller="5550312", max_duration=60)
+            live = SipCaller(inst, "7302", caller="2015550312", max_duration=60)
             live.start()
-            await caller_channel(obs, "5550312")
+            await caller_channel(obs, "2015550312")
             await until(lambda: len(svc.engine.items("q7302")) == 2)
             await obs.close()
             await asyncio.to_thread(inst.restart)
@@ -112,7 +113,7 @@ async def test_asterisk_restart_keeps_callbacks_and_cleans_up_lost_calls(
                         timeout=60)
             await until(lambda: len(svc.engine.items("q7302")) == 1, timeout=30)
             [kept] = svc.engine.items("q7302")
-            assert (kept.kind, kept.number) == (Kind.CALLBACK, "5550311")
+            assert (kept.kind, kept.number) == (Kind.CALLBACK, "+12015550311")
             assert svc.switchboard is not None and svc.switchboard.sessions == {}
             live.stop()
     finally:

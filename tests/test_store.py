@@ -3,7 +3,14 @@
 from __future__ import annotations
 
 import asyncio
+import logging
+import os
+import random
+import shutil
 import sqlite3
+import stat
+import subprocess
+import sys
 import threading
 import time
 from pathlib import Path
@@ -11,7 +18,9 @@ from pathlib import Path
 import pytest
 
 from ivr.domain import FakeClock, QueueEngine, QueuePolicy, State
-from ivr.store import MIGRATIONS, SqliteStore, StoreError
+from ivr.store import MIGRATIONS, SqliteStore, StoreError, probe
+
+REPO = Path(__file__).resolve().parent.parent
 
 
 def engine_and_clock() -> tuple[QueueEngine, FakeClock]:
@@ -248,3 +257,152 @@ async def test_queries_use_the_indexes(tmp_path: Path) -> None:
     assert "SCAN i USING INDEX items_open" in history_plan
     assert "SEARCH h USING PRIMARY KEY" in history_plan
     conn.close()
+
+
+# --------------------------------------------------------------------------- file safety
+
+
+def mode(path: Path) -> int:
+    return stat.S_IMODE(os.stat(path).st_mode)
+
+
+async def test_store_files_are_owner_only(tmp_path: Path) -> None:
+    path = tmp_path / "new" / "dir" / "ivr.db"
+    engine, _ = engine_and_clock()
+    store = await SqliteStore.open(path)
+    try:
+        engine.add_callback("sales", "+12015550123")
+        await store.save(engine.drain_changes())
+        # The connection is open: the -wal and -shm files exist now.
+        for suffix in ("", "-wal", "-shm"):
+            assert mode(Path(f"{path}{suffix}")) == 0o600, suffix
+        assert mode(path.parent) == 0o700 and mode(path.parent.parent) == 0o700
+    finally:
+        await store.close()
+    assert mode(path) == 0o600
+
+
+async def test_existing_open_files_are_tightened(tmp_path: Path,
+                                                 caplog: pytest.LogCaptureFixture) -> None:
+    path = tmp_path / "ivr.db"
+    store = await SqliteStore.open(path)
+    await store.close()
+    os.chmod(path, 0o644)
+    # A -wal left behind readable by all (e.g. by an older version after a crash).
+    wal = Path(f"{path}-wal")
+    os.close(os.open(wal, os.O_CREAT | os.O_WRONLY, 0o600))
+    os.chmod(wal, 0o666)
+    with caplog.at_level(logging.WARNING, logger="ivr.store"):
+        store = await SqliteStore.open(path)
+    try:
+        assert mode(path) == 0o600 and mode(wal) == 0o600
+        assert mode(Path(f"{path}-shm")) == 0o600
+        assert any("0644" in r.getMessage() for r in caplog.records)
+        assert await store.load_open() == []
+    finally:
+        await store.close()
+
+
+def listing(directory: Path) -> list[str]:
+    return sorted(p.name for p in directory.iterdir())
+
+
+async def test_probe_accepts_usable_paths_and_creates_nothing(tmp_path: Path) -> None:
+    assert probe(tmp_path / "ivr.db") is None
+    assert probe(tmp_path / "a" / "b" / "ivr.db") is None
+    assert listing(tmp_path) == []
+    path = tmp_path / "ivr.db"
+    engine, _ = engine_and_clock()
+    store = await SqliteStore.open(path)
+    engine.add_callback("sales", "+12015550123")
+    await store.save(engine.drain_changes())
+    # While the service runs (-wal and -shm present) ...
+    assert probe(path) is None
+    before = listing(tmp_path)
+    await store.close()
+    # ... and after a clean stop (WAL database, no -wal/-shm): nothing is created.
+    assert listing(tmp_path) == ["ivr.db"] and before == ["ivr.db", "ivr.db-shm", "ivr.db-wal"]
+    assert probe(path) is None
+    assert listing(tmp_path) == ["ivr.db"]
+    os.truncate(path, 0)  # an empty file is an empty database to SQLite
+    assert probe(path) is None
+
+
+def test_probe_refuses_unusable_paths(tmp_path: Path) -> None:
+    (tmp_path / "file").write_text("x")
+    reason = probe(tmp_path / "file" / "ivr.db")
+    assert reason is not None and "not a directory" in reason
+    reason = probe(tmp_path / "file" / "deeper" / "ivr.db")
+    assert reason is not None and "not a directory" in reason
+    reason = probe(tmp_path)
+    assert reason is not None and "not a regular file" in reason
+    reason = probe(tmp_path / "nul\x00.db")
+    assert reason is not None and "\n" not in reason
+    random_bytes = tmp_path / "random.db"
+    random_bytes.write_bytes(random.Random(1).randbytes(8192))
+    reason = probe(random_bytes)
+    assert reason is not None and "not a SQLite database" in reason
+
+
+async def test_probe_refuses_damaged_and_newer_databases(tmp_path: Path) -> None:
+    path = tmp_path / "ivr.db"
+    engine, _ = engine_and_clock()
+    store = await SqliteStore.open(path)
+    for i in range(200):
+        engine.add_callback("sales", f"+1201555{i:04d}")
+    await store.save(engine.drain_changes())
+    await store.close()
+    conn = sqlite3.connect(path)
+    conn.execute(f"PRAGMA user_version = {len(MIGRATIONS) + 1}")
+    conn.commit()
+    conn.close()
+    reason = probe(path)
+    assert reason is not None and "newer" in reason
+    # Same header, garbage pages.
+    data = bytearray(path.read_bytes())
+    page = int.from_bytes(data[16:18], "big")
+    data[page * 2 : page * 4] = random.Random(2).randbytes(page * 2)
+    path.write_bytes(bytes(data))
+    reason = probe(path)
+    assert reason is not None and str(path) in reason
+
+
+_READ_ONLY_CHECK = """
+import os, sys
+from pathlib import Path
+from ivr.store import probe
+ro = Path(sys.argv[1])
+reason = probe(ro / "ivr.db")
+assert reason is not None and "readable and writable" in reason, reason
+os.chmod(ro / "ivr.db", 0o600)
+os.chmod(ro, 0o500)
+for target in (ro / "ivr.db", ro / "sub" / "ivr.db"):
+    reason = probe(target)
+    assert reason is not None and "not writable" in reason, reason
+print("ok")
+"""
+
+
+def test_probe_refuses_read_only_places(tmp_path: Path) -> None:
+    """As an unprivileged user (root may write anywhere, so as root the check runs in
+    a child that drops to ``nobody``)."""
+    ro = tmp_path / "ro"
+    ro.mkdir()
+    (ro / "ivr.db").write_bytes(b"")
+    os.chmod(ro / "ivr.db", 0o400)
+    cmd = [sys.executable, "-c", _READ_ONLY_CHECK, str(ro)]
+    if os.geteuid() == 0:
+        os.chmod(tmp_path, 0o755)
+        for d in tmp_path.parents:
+            if d == Path("/"):
+                break
+            os.chmod(d, os.stat(d).st_mode | 0o011)  # traversable, as /tmp normally is
+        shutil.chown(ro, "nobody")
+        shutil.chown(ro / "ivr.db", "nobody")
+        cmd = ["setpriv", "--reuid=nobody", "--regid=nogroup", "--clear-groups", *cmd]
+    try:
+        out = subprocess.run(cmd, capture_output=True, text=True, timeout=60,
+                             env={**os.environ, "PYTHONPATH": str(REPO)})
+        assert out.returncode == 0 and out.stdout.strip() == "ok", out.stderr
+    finally:
+        os.chmod(ro, 0o700)

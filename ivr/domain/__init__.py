@@ -14,7 +14,7 @@ from ivr.domain.items import (
     SystemClock,
     WorkItem,
 )
-from ivr.domain.numbers import DEFAULT_ALLOWED, DEFAULT_DENIED, NumberGuard, normalize
+from ivr.domain.numbers import DEFAULT_TYPES, NumberGuard, PhoneNumber, parse
 from ivr.domain.queues import (
     DuplicateCallback,
     InvalidTransition,
@@ -27,8 +27,7 @@ from ivr.domain.queues import (
 
 __all__ = [
     "CLOSED_STATES",
-    "DEFAULT_ALLOWED",
-    "DEFAULT_DENIED",
+    "DEFAULT_TYPES",
     "OPEN_STATES",
     "Clock",
     "DuplicateCallback",
@@ -37,6 +36,7 @@ __all__ = [
     "InvalidTransition",
     "Kind",
     "NumberGuard",
+    "PhoneNumber",
     "QueueEngine",
     "QueueError",
     "QueuePolicy",
@@ -45,5 +45,5 @@ __all__ = [
     "UnknownItem",
     "UnknownQueue",
     "WorkItem",
-    "normalize",
+    "parse",
 ]

@@ -34,13 +34,20 @@ from ivr.domain.items import (
     WorkItem,
     new_item_id,
 )
-from ivr.domain.numbers import normalize
 
 Key = tuple[float, int, str]
 
 # Closed items are dropped from memory (the store has them); a bounded tail is kept so
 # get() still answers for an item that closed a moment ago (e.g. a late agent event).
 RECENTLY_CLOSED = 10_000
+
+
+def _checked(number: str) -> str:
+    """Numbers reach the engine already parsed (``ivr.domain.numbers.parse``, E.164):
+    here they are opaque keys for ordering and dedupe (R12), never re-interpreted."""
+    if not isinstance(number, str) or not number.strip() or number != number.strip():
+        raise ValueError("not a phone number")
+    return number
 
 
 class QueueError(Exception):
@@ -294,6 +301,9 @@ class QueueEngine:
         self._callbacks: dict[tuple[str, str], str] = {}  # R12: open callback per number
         self._expiry: list[tuple[float, int, str]] = []
         self._changed: dict[str, WorkItem] = {}  # insertion-ordered set of dirty items
+        # Items closed as a side effect of another item's change while an agent held
+        # them (offered): whoever drains changes tells that agent's leg.
+        self._side_closes: list[WorkItem] = []
         self._seq = 0
 
     # ------------------------------------------------------------------ reading
@@ -331,10 +341,7 @@ class QueueEngine:
 
     def open_callback_for(self, queue: str, number: str) -> WorkItem | None:
         self._queue(queue)
-        norm = normalize(number)
-        if norm is None:
-            return None
-        item_id = self._callbacks.get((queue, norm))
+        item_id = self._callbacks.get((queue, number))
         return self._items[item_id] if item_id is not None else None
 
     def ewt(self, queue: str, position: int | None = None) -> float:
@@ -422,9 +429,7 @@ class QueueEngine:
         and ValueError for a number that is not a phone number or a future arrival.
         The number guard (R13) is the caller's business: it knows the queue's patterns."""
         q = self._queue(queue)
-        norm = normalize(number)
-        if norm is None:
-            raise ValueError("not a phone number")
+        norm = _checked(number)
         self._check_duplicate(queue, norm)
         now = self._clock.now()
         at = now if arrived_at is None else arrived_at
@@ -459,9 +464,7 @@ class QueueEngine:
         item = self._open_item(item_id, "convert")
         if item.kind is not Kind.INBOUND or item.state is not State.WAITING:
             raise InvalidTransition(item, "convert", "only a waiting live caller converts")
-        norm = normalize(number)
-        if norm is None:
-            raise ValueError("not a phone number")
+        norm = _checked(number)
         self._check_duplicate(item.queue, norm)
         q = self._queues[item.queue]
         now = self._clock.now()
@@ -476,6 +479,27 @@ class QueueEngine:
         self._callbacks[(item.queue, norm)] = item.id
         heapq.heappush(self._expiry, (item.expires_at, item.seq, item.id))
         self._record(item, "converted_to_callback")
+        return item
+
+    def undo_convert(self, item_id: str, channel_id: str, number: str | None) -> WorkItem:
+        """The store refused to commit a press 1 (R20): the caller was told nothing, so
+        the item is again the waiting live caller it was — same place, its own number —
+        and no callback exists that was never durable."""
+        item = self._open_item(item_id, "undo convert")
+        if item.kind is not Kind.CALLBACK or item.state is not State.CALLBACK_PENDING:
+            raise InvalidTransition(item, "undo convert", "not a pending callback")
+        q = self._queues[item.queue]
+        q.ready_callback.discard(item.key)
+        dedupe_key = (item.queue, item.number or "")
+        if self._callbacks.get(dedupe_key) == item.id:
+            del self._callbacks[dedupe_key]
+        item.kind = Kind.INBOUND
+        item.state = State.WAITING
+        item.number = number
+        item.channel_id = channel_id
+        item.expires_at = None  # its expiry heap entry goes stale and is skipped
+        q.ready_inbound.add(item.key)
+        self._record(item, "callback_not_stored")
         return item
 
     # ------------------------------------------------------------------ dispatch
@@ -594,8 +618,7 @@ class QueueEngine:
         self._dequeue_sample(q, item, now)
         self._record(item, "connected", agent=agent_id)
         if item.number is not None:
-            norm = normalize(item.number)
-            other_id = self._callbacks.get((item.queue, norm)) if norm else None
+            other_id = self._callbacks.get((item.queue, item.number))
             if other_id is not None:
                 other = self._items[other_id]
                 # A DIALLING callback is left alone: that call is already in progress
@@ -604,6 +627,8 @@ class QueueEngine:
                     self._withdraw_offer(q, other)
                     self._close(q, other, State.CANCELLED)
                     self._record(other, "cancelled", reason="served_inbound", by=item.id)
+                    if other.offered_to is not None:
+                        self._side_closes.append(other)
         return item
 
     def dial_started(self, item_id: str, agent_id: str) -> WorkItem:
@@ -630,15 +655,21 @@ class QueueEngine:
         self._record(item, "callback_connected", agent=agent)
         return item
 
-    def dial_failed(self, item_id: str, reason: str) -> WorkItem:
+    def dial_failed(self, item_id: str, reason: str, *, counted: bool = True) -> WorkItem:
         """R10: busy / no answer / failed / not verified. Keeps its place, not eligible
-        for retry_interval; after max_attempts it closes as FAILED."""
+        for retry_interval; after max_attempts it closes as FAILED.
+
+        ``counted=False``: the customer never had a chance (our trunk did not answer,
+        the store could not record the attempt): the attempt is given back, so an outage
+        on our side never uses up a customer's attempts; expiry (R14) still bounds it."""
         item = self._open_item(item_id, "fail dial")
         if item.state is not State.DIALLING:
             raise InvalidTransition(item, "fail dial", "not dialling")
         q = self._queues[item.queue]
         now = self._clock.now()
-        if item.attempts >= q.policy.max_attempts:
+        if not counted:
+            item.attempts = max(0, item.attempts - 1)
+        if counted and item.attempts >= q.policy.max_attempts:
             self._close(q, item, State.FAILED)
             self._record(item, "failed", reason=reason, attempts=str(item.attempts))
         else:
@@ -709,6 +740,18 @@ class QueueEngine:
         self._changed.clear()
         return changed
 
+    def mark_changed(self, items: Iterable[WorkItem]) -> None:
+        """A save of drained items failed: they are dirty again, so the next save
+        carries them (the store never misses a change the engine made)."""
+        for item in items:
+            self._changed.setdefault(item.id, item)
+
+    def drain_side_closes(self) -> list[WorkItem]:
+        """Items closed while offered to an agent by something other than that agent's
+        leg (R12: the customer got through on an inbound call). The leg must be told."""
+        out, self._side_closes = self._side_closes, []
+        return out
+
     def restore(self, items: Iterable[WorkItem]) -> None:
         """Rebuild from the store at start-up. Closed items are ignored. Offers and
         dials in flight died with the old process: OFFERED returns to its waiting state
@@ -729,8 +772,8 @@ class QueueEngine:
                 q = _Queue(QueuePolicy(name=item.queue))
                 self._queues[item.queue] = q
             self._insert(q, item)
-            norm = normalize(item.number) if item.number else None
-            if item.kind is Kind.CALLBACK and norm is not None:
+            norm = item.number
+            if item.kind is Kind.CALLBACK and norm:
                 if (item.queue, norm) in self._callbacks:
                     self._close(q, item, State.CANCELLED)
                     self._record(item, "cancelled", reason="duplicate_on_restore")

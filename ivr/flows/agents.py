@@ -13,12 +13,14 @@ import asyncio
 import contextlib
 import logging
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass
 from enum import StrEnum
 
 from ivr import ari
 from ivr.config import AgentConfig, QueueConfig
 from ivr.domain.items import Kind, State, WorkItem
+from ivr.domain.numbers import parse_e164
 from ivr.domain.queues import QueueError
 from ivr.flows.caller import CallerSession, ask_connect
 from ivr.flows.context import FlowContext
@@ -27,10 +29,15 @@ from ivr.flows.switchboard import Switchboard
 
 log = logging.getLogger("ivr.flows.agents")
 
+
+def _is_cancel(ev: object) -> bool:
+    return isinstance(ev, Message) and ev.kind == "cancel"
+
 # Asterisk hang-up causes on an originated leg that never answered (Q.850).
 CAUSE_BUSY = 17
 CAUSE_REJECTED = 21
 CAUSE_NO_ANSWER = (18, 19)
+CAUSE_BAD_NUMBER = (1, 2, 3, 22, 28)
 
 # Extra seconds past an originate timeout before we give up on Asterisk telling us.
 GRACE = 5.0
@@ -70,6 +77,8 @@ class Dispatcher:
         self.legs: dict[str, AgentLeg] = {}  # work item id -> its delivery
         self._wake = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
+        #: False once a graceful stop began: no new offers
+        self.accepting = True
         switchboard.on_other_event = self.on_event
 
     # ------------------------------------------------------------------ agents
@@ -162,7 +171,34 @@ class Dispatcher:
             except Exception:
                 log.exception("dispatch pass failed")
 
+    async def drain(self, grace: float) -> None:
+        """Graceful stop (SIGTERM): no new offers; agents being rung or previewing give
+        their offer back (committed); dials and press-1 confirmations in flight get up
+        to ``grace`` seconds to finish. Conversations are left up in their bridges (the
+        next instance watches them) and waiting callers stay in Stasis (re-adopted)."""
+        self.accepting = False
+        for leg in list(self.legs.values()):
+            if not leg.talking and leg.agent.status in (
+                    AgentStatus.RINGING, AgentStatus.PREVIEWING):
+                leg.deliver(Message("cancel"))
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + grace
+        # Polled: the two conditions belong to many tasks; bounded by ``grace``.
+        while loop.time() < deadline and (  # noqa: ASYNC110
+            any(not leg.talking for leg in self.legs.values()) or self.ctx.held
+        ):
+            await asyncio.sleep(0.05)
+        busy = [leg for leg in self.legs.values() if not leg.talking]
+        if busy or self.ctx.held:
+            log.warning("graceful stop: %d agent leg(s) and %d caller(s) still busy after "
+                        "%.0fs; the next start repairs them from the store", len(busy),
+                        len(self.ctx.held), grace)
+        for leg in self.legs.values():
+            leg.detached = True  # a conversation outlives us: no teardown on exit
+
     async def dispatch_pass(self) -> None:
+        if not self.accepting:
+            return
         now = self.ctx.now()
         engine = self.ctx.engine
         expired = engine.expire_due()
@@ -226,6 +262,10 @@ class AgentLeg(ChannelSession):
         self.peer_id: str | None = None  # the caller's or the customer's channel
         self.customer_id: str | None = None  # a callback's customer leg (routed to us)
         self.last_cause = 0  # Q.850 cause of a hang-up request on our leg
+        #: in conversation (bridged): a graceful stop leaves it running
+        self.talking = False
+        #: set by a graceful stop: exit without hanging anything up
+        self.detached = False
 
     # ------------------------------------------------------------------ top level
 
@@ -239,8 +279,9 @@ class AgentLeg(ChannelSession):
         except Hangup:
             outcome = await self.agent_hung_up()
         finally:
-            await self.teardown()
-            await self.release_offer()
+            if not self.detached:
+                await self.teardown()
+                await self.release_offer()
             self.d.legs.pop(self.item.id, None)
             if self.customer_id is not None:
                 self.d.sb.sessions.pop(self.customer_id, None)
@@ -360,80 +401,147 @@ class AgentLeg(ChannelSession):
     # ------------------------------------------------------------------ callback (R7, R8)
 
     async def deliver_callback(self) -> str:
-        number = self.item.number or ""
-        answer = await self.ring_agent(f'"CALLBACK {number}" <{number}>', "callback")
+        number = parse_e164(self.item.number or "")
+        if number is None:  # stored numbers are E.164: only a damaged store gets here
+            self.log.error("callback without a usable number; cancelled")
+            self._engine_step(lambda: self.ctx.engine.cancel(self.item.id, "no_number"))
+            await self.ctx.commit()
+            return "cancelled"
+        # The softphone shows the callback mark and the number as the agent would dial it.
+        answer = await self.ring_agent(
+            f'"CALLBACK {number.national}" <{number.e164}>', "callback")
         if answer != "answered":
             return answer
         self.d.set_status(self.agent, AgentStatus.PREVIEWING, self.item.id)
-        choice = await self.preview()
+        choice = await self.preview(number.national)
+        if choice == "cancelled":
+            return await self.withdrawn()
         if choice != "1":
             await self.return_offer(timed_out=choice == "")
             self.log.info("agent %s %s the callback", self.agent.cfg.id,
                           "declined" if choice == "2" else "did not answer the preview of")
             await self.hangup()
             return "silent" if choice == "" else "declined"
-        self.ctx.engine.dial_started(self.item.id, self.agent.cfg.id)
-        await self.ctx.commit()
+        if not self._engine_step(
+                lambda: self.ctx.engine.dial_started(self.item.id, self.agent.cfg.id)):
+            return await self.withdrawn()
+        if not await self.ctx.commit():
+            # The attempt could not be recorded: dialling now could call the customer
+            # twice after a crash. Not the customer's failure: the attempt is given back.
+            self._engine_step(lambda: self.ctx.engine.dial_failed(
+                self.item.id, "store_failure", counted=False))
+            await self.ctx.commit()
+            return await self.tell_agent_failed()
         self.ctx.counters.inc("accepts")
         self.d.set_status(self.agent, AgentStatus.BUSY, self.item.id)
-        result = await self.dial_customer(number)
+        result = await self.dial_customer(self.ctx.cfg.outbound.dial_string(number))
+        if result == "cancelled":
+            return await self.withdrawn()
         if result != "answered":
-            failed = self.ctx.engine.dial_failed(self.item.id, result)
-            await self.ctx.commit()
-            self.ctx.counters.inc("callback_failures")
-            self.log.info("callback attempt %d failed: %s -> %s", failed.attempts, result,
-                          failed.state)
-            await self.quietly(self.ari.stop_ringing(self.channel_id))
-            with contextlib.suppress(Hangup):
-                await self.play_until([self.ctx.prompt(self.q, "callback_failed")])
-            await self.hangup()
-            return "declined"
+            await self.attempt_failed(result)
+            return await self.tell_agent_failed()
         await self.quietly(self.ari.stop_ringing(self.channel_id))
         assert self.peer_id is not None
         try:
             await self.bridge(self.peer_id)
         except ari.AriError as exc:
             self.log.info("customer left before the bridge: %s", exc)
-            self.ctx.engine.dial_failed(self.item.id, "failed")
-            await self.ctx.commit()
-            return "declined"
-        self.ctx.engine.callback_connected(self.item.id)
+            await self.attempt_failed("failed")
+            return "failed"
+        if not self._engine_step(lambda: self.ctx.engine.callback_connected(self.item.id)):
+            return "failed"
         await self.ctx.commit()
         self.ctx.counters.inc("callbacks_connected")
         await self.talk()
         return "talked"
 
-    async def preview(self) -> str:
-        """R7: callback, the number, minutes waited; 1 accepts, 2 declines."""
+    def _engine_step(self, step: Callable[[], object]) -> bool:
+        """One engine transition for our item; False when the item was closed or moved
+        under us (a supervisor cancel, R12's inbound connect). Never crashes the leg."""
+        try:
+            step()
+        except QueueError as exc:
+            self.log.info("work item changed under the agent leg: %s", exc)
+            return False
+        return True
+
+    async def attempt_failed(self, result: str) -> None:
+        """R10: one attempt failed. A trunk that never answered is our outage, not the
+        customer's no-answer: its own log line and metric, and no attempt used up."""
+        trunk = result == "trunk_failure"
+        failed: list[WorkItem] = []
+        if not self._engine_step(lambda: failed.append(self.ctx.engine.dial_failed(
+                self.item.id, result, counted=not trunk))):
+            return
+        await self.ctx.commit()
+        if trunk:
+            self.ctx.counters.inc("trunk_failures")
+            self.log.warning("trunk failure: the carrier never answered the callback INVITE "
+                             "(check outbound.dial and the trunk); retried later")
+        else:
+            self.ctx.counters.inc("callback_failures")
+        self.log.info("callback attempt %d failed: %s -> %s", failed[0].attempts, result,
+                      failed[0].state)
+
+    async def tell_agent_failed(self) -> str:
+        await self.hangup_peer()
+        await self.quietly(self.ari.stop_ringing(self.channel_id))
+        with contextlib.suppress(Hangup):
+            await self.play_until([self.ctx.prompt(self.q, "callback_failed")])
+        await self.hangup()
+        return "failed"
+
+    async def withdrawn(self) -> str:
+        """The item was closed while this agent held it (cancelled, or the customer got
+        through on an inbound call): stop, free the agent, dial nobody."""
+        self.log.info("callback withdrawn while offered to agent %s", self.agent.cfg.id)
+        self.ctx.counters.inc("offers_withdrawn")
+        await self.hangup_peer()
+        await self.hangup()
+        return "cancelled"
+
+    async def preview(self, national: str) -> str:
+        """R7: callback, the number, minutes waited; 1 accepts, 2 declines. Returns the
+        digit, "" when the agent stayed silent, or "cancelled" (item withdrawn)."""
         minutes = max(0, round((self.ctx.now() - self.item.arrived_at) / 60))
         media = [
             self.ctx.prompt(self.q, "preview_intro"),
-            *say_digits(self.item.number or ""),
+            *say_digits(national),
             self.ctx.prompt(self.q, "preview_waited"),
             *say_number(minutes),
             self.ctx.prompt(self.q, "minutes"),
             self.ctx.prompt(self.q, "preview_accept"),
         ]
         deadline = self.ctx.now() + self.q.preview_timeout
-        got = await self.play_until(media, {"1", "2"})
-        if isinstance(got, str) and got:
+        got = await self.play_until(media, {"1", "2"}, on_message=_is_cancel)
+        if isinstance(got, Message):
+            return "cancelled"
+        if got:
             return got
         ev = await self.wait_for(
-            lambda e: isinstance(e, ari.ChannelDtmfReceived) and e.digit in ("1", "2"),
+            lambda e: (isinstance(e, ari.ChannelDtmfReceived) and e.digit in ("1", "2"))
+            or _is_cancel(e),
             deadline,
         )
+        if isinstance(ev, Message):
+            return "cancelled"
         return ev.digit if isinstance(ev, ari.ChannelDtmfReceived) else ""
 
-    async def dial_customer(self, number: str) -> str:
+    async def dial_customer(self, dial_string: str) -> str:
         """R8: originate to the customer through the trunk; the agent hears ringback.
-        Returns "answered", "busy", "noanswer", "failed" or "unverified"."""
+        Returns "answered", "busy", "noanswer", "failed", "unverified", "trunk_failure"
+        or "cancelled" (the item was withdrawn meanwhile; the customer leg is hung up).
+
+        Trunk failure: the call ended without the customer's side ever ringing (no 180/
+        183 from the carrier: it never answered the INVITE, or refused it with 5xx).
+        A customer's phone that does not answer always rang first."""
         customer_id = uuid.uuid4().hex
         self.peer_id = self.customer_id = customer_id
         self.d.sb.sessions[customer_id] = self  # its events come to this inbox
         await self.quietly(self.ari.start_ringing(self.channel_id))
         try:
             await self.ari.originate(
-                self.ctx.cfg.outbound.dial.format(number=number),
+                dial_string,
                 app_args=f"customer,{self.item.id}",
                 caller_id=f'"{self.q.caller_id}" <{self.q.caller_id}>',
                 timeout=self.ctx.cfg.outbound.dial_timeout,
@@ -442,26 +550,36 @@ class AgentLeg(ChannelSession):
             )
         except ari.AriError as exc:
             self.log.error("callback originate failed: %s", exc)
-            return "failed"
+            return "trunk_failure"
         self.ctx.counters.inc("dials")
         deadline = self.ctx.now() + self.ctx.cfg.outbound.dial_timeout + GRACE
         dialstatus = ""
+        rang = False
         while True:
             ev = await self.next(deadline)
             if ev is None:
                 await self.hangup_peer()
-                return "noanswer"
+                return "noanswer" if rang else "trunk_failure"
+            if _is_cancel(ev):
+                await self.hangup_peer()
+                return "cancelled"
             if isinstance(ev, ari.Dial) and ev.peer.id == customer_id and ev.dialstatus:
                 dialstatus = ev.dialstatus
+                rang = rang or dialstatus in ("RINGING", "PROGRESS")
             if isinstance(ev, ari.ChannelDestroyed | ari.StasisEnd) and \
                     ev.channel_id == customer_id:
                 cause = ev.cause if isinstance(ev, ari.ChannelDestroyed) else 0
                 if dialstatus == "BUSY" or cause == CAUSE_BUSY:
                     return "busy"
+                if not rang:
+                    # The number itself was refused (unallocated, no route, changed,
+                    # invalid format): the customer's side, counted as an attempt.
+                    return "failed" if cause in CAUSE_BAD_NUMBER else "trunk_failure"
                 if cause in CAUSE_NO_ANSWER or dialstatus in ("NOANSWER", "RINGING"):
                     return "noanswer"
                 return "failed"
             if isinstance(ev, ari.StasisStart) and ev.channel.id == customer_id:
+                rang = True
                 if self.q.verify_customer and not await self.verify():
                     await self.hangup_peer()
                     return "unverified"
@@ -509,6 +627,7 @@ class AgentLeg(ChannelSession):
 
     async def talk(self) -> None:
         """Until either side hangs up; then the other side is hung up too."""
+        self.talking = True
         while True:
             ev = await self.next()
             if isinstance(ev, Message) and ev.kind == "peer_gone":
@@ -529,7 +648,7 @@ class AgentLeg(ChannelSession):
             await self.return_offer(timed_out=False)
             return "declined"
         if item.state == State.DIALLING:
-            engine.dial_failed(self.item.id, "agent_hangup")
+            self._engine_step(lambda: engine.dial_failed(self.item.id, "agent_hangup"))
             await self.ctx.commit()
             return "declined"
         return "talked"

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import re
 
 from ivr import ari
 from ivr.config import QueueConfig
@@ -27,14 +26,6 @@ ENTRY_TIMEOUT = 10.0
 MAX_ENTRY_TRIES = 3
 
 OPEN_LIVE = (State.WAITING, State.OFFERED)
-
-
-def _withheld(channel: ari.Channel) -> str | None:
-    """The caller's number, or None when anonymous/withheld (R13 refuses those)."""
-    num = channel.caller_number.strip()
-    if not num or not re.fullmatch(r"\+?[0-9]{3,20}", num):
-        return None
-    return num
 
 
 class CallerSession(ChannelSession):
@@ -91,8 +82,12 @@ class CallerSession(ChannelSession):
         """R1: answer, music on hold, a work item at the back of the queue."""
         if self.item is None:
             await self.quietly(self.ari.answer(self.channel_id))
+            # R13: the caller id is parsed once, in the queue's region, and stored in
+            # E.164; everything later (offer, press 1, dial) reads the stored form.
+            parsed = self.ctx.guards[q.name].parse(self.channel.caller_number)
             self.item = self.ctx.engine.arrive(
-                q.name, channel_id=self.channel_id, number=_withheld(self.channel),
+                q.name, channel_id=self.channel_id,
+                number=parsed.e164 if parsed is not None else None,
                 # Adopted after a restart before its arrival was committed: the channel's
                 # creation time (Asterisk's clock) is the best arrival we have. Otherwise
                 # our own clock, which also drives the offer timers.
@@ -105,6 +100,9 @@ class CallerSession(ChannelSession):
                       self.ctx.engine.position(self.item.id))
         await self.music(q, on=True)
         self.ctx.on_work_changed()
+
+    async def on_crash(self) -> None:
+        await self.left()
 
     async def left(self) -> None:
         """The caller hung up. A live item leaves the queue (abandoned); a callback that
@@ -221,6 +219,12 @@ class CallerSession(ChannelSession):
         self.log.info("callback offer played")
         return await self.play_until(media, digits, on_message=lambda m: m.kind == "connect")
 
+    async def announce(self, q: QueueConfig, prompt_id: str) -> None:
+        """R3: music stops for a prompt and comes back after it."""
+        await self.music(q, on=False)
+        await self.play_until([self.ctx.prompt(q, prompt_id)])
+        await self.music(q, on=True)
+
     async def music(self, q: QueueConfig, *, on: bool) -> None:
         # A playback stops MOH and Asterisk does not resume it (FACTS): we track it ourselves.
         if on:
@@ -243,10 +247,9 @@ class CallerSession(ChannelSession):
         if number is None or self.ctx.guards[q.name].check(number) is not None:
             # Pressed 1 without a number we may call (withheld): nothing to convert.
             self.log.info("callback refused: no callable number")
-            await self.music(q, on=False)
-            await self.play_until([self.ctx.prompt(q, "invalid_number")])
-            await self.music(q, on=True)
+            await self.announce(q, "invalid_number")
             return False
+        before_number = self.item.number
         try:
             item = self.ctx.engine.convert_to_callback(self.item.id, number)
         except DuplicateCallback:
@@ -261,8 +264,16 @@ class CallerSession(ChannelSession):
         except InvalidTransition as exc:
             self.log.warning("callback not taken: %s", exc)
             return False
-        # R20: durable before the caller hears the confirmation.
-        await self.ctx.commit()
+        # R20: durable before the caller hears the confirmation. A store that refuses
+        # (disk full) means no callback at all: the item is the waiting caller again,
+        # told so, never dialled later on a promise nobody kept.
+        if not await self.ctx.commit():
+            self.item = self.ctx.engine.undo_convert(item.id, self.channel_id, before_number)
+            await self.ctx.commit()
+            self.ctx.counters.inc("callback_not_stored")
+            self.log.error("callback request not stored; the caller keeps waiting in place")
+            await self.announce(q, "request_failed")
+            return False
         self.item = item
         self.ctx.counters.inc("callbacks_committed")
         self.log.info("callback committed at position %d", self.ctx.engine.position(item.id))
@@ -286,10 +297,13 @@ class CallerSession(ChannelSession):
         """R13: "press 2 to enter a different number", read back, same validation.
         Three bad tries send the caller back to waiting."""
         await self.music(q, on=False)
+        guard = self.ctx.guards[q.name]
         for _ in range(MAX_ENTRY_TRIES):
-            number = await self.collect_digits(q)
-            if number and self.ctx.guards[q.name].check(number) is None:
-                readback = [self.ctx.prompt(q, "number_readback"), *say_digits(number),
+            # Parsed once, in the queue's region, like a caller id (R13).
+            number = guard.parse(await self.collect_digits(q))
+            if number is not None and guard.check(number) is None:
+                readback = [self.ctx.prompt(q, "number_readback"),
+                            *say_digits(number.national),
                             self.ctx.prompt(q, "confirm_number")]
                 answer = await self.play_until(readback, {"1", "2"})
                 if answer == "":
@@ -299,7 +313,7 @@ class CallerSession(ChannelSession):
                     )
                     answer = ev.digit if isinstance(ev, ari.ChannelDtmfReceived) else ""
                 if answer == "1":
-                    return number
+                    return number.e164
                 continue
             await self.play_until([self.ctx.prompt(q, "invalid_number")])
         await self.play_until([self.ctx.prompt(q, "back_to_queue")])

@@ -16,7 +16,7 @@ from ivr.config import Config, QueueConfig
 from ivr.domain.items import WorkItem
 from ivr.domain.numbers import NumberGuard
 from ivr.domain.queues import QueueEngine
-from ivr.store import Store
+from ivr.store import Store, StoreError
 
 log = logging.getLogger("ivr.flows")
 
@@ -40,8 +40,9 @@ class FlowContext:
         self.engine = engine
         self.store = store
         self.counters = Counters()
-        self.guards = {
-            name: NumberGuard(q.allowed_numbers, q.denied_numbers) for name, q in cfg.queues.items()
+        # R13: one guard per queue, built exactly as check-config built it.
+        self.guards: dict[str, NumberGuard] = {
+            name: q.number_guard() for name, q in cfg.queues.items()
         }
         #: items whose caller is busy (choosing a callback, entering a number): the
         #: dispatcher does not offer them to agents meanwhile; they keep their place
@@ -59,13 +60,29 @@ class FlowContext:
             return self.cfg.prompts.uri(prompt_id)
         return self.cfg.prompts.uri(prompt_id, queue.language, queue.prompts)
 
-    async def commit(self) -> None:
-        """Commit every change the engine made so far; returns once durable (R20).
+    async def commit(self) -> bool:
+        """Commit every change the engine made so far; True once durable (R20).
 
         Drained and handed to the store in one synchronous step: the store's queue is
         FIFO, so even when another session's save carried our changes, our (maybe empty)
-        save resolves only after that one committed."""
-        await self.store.save(self.engine.drain_changes())
+        save resolves only after that one committed.
+
+        False when the store refused (disk full, I/O error): the drained items are marked
+        changed again so a later commit carries them, and the caller decides what an
+        undurable change means for it (press 1 rolls the callback back)."""
+        changed = self.engine.drain_changes()
+        # Items the engine closed behind an agent's back: their legs must hear of it
+        # now, whatever the store says (the engine already considers them closed).
+        for item in self.engine.drain_side_closes():
+            self.on_item_closed(item)
+        try:
+            await self.store.save(changed)
+        except StoreError as exc:
+            self.engine.mark_changed(changed)
+            self.counters.inc("store_failures")
+            log.error("store refused a commit of %d item(s): %s", len(changed), exc)
+            return False
+        return True
 
     def now(self) -> float:
         return time.time()

@@ -85,6 +85,10 @@ class ChannelSession:
     async def run(self) -> None:
         raise NotImplementedError
 
+    async def on_crash(self) -> None:
+        """``run`` raised: undo what the flow holds in the queue (the switchboard then
+        hangs the channel up)."""
+
     # ---- inbox
 
     def deliver(self, item: Item) -> None:

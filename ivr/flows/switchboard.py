@@ -19,7 +19,7 @@ from ivr import ari
 from ivr.domain.items import OPEN_STATES, Kind, WorkItem
 from ivr.flows.caller import CallerSession
 from ivr.flows.context import FlowContext
-from ivr.flows.session import ChannelSession
+from ivr.flows.session import ChannelSession, Hangup
 
 log = logging.getLogger("ivr.flows.switchboard")
 
@@ -61,6 +61,12 @@ class Switchboard:
             # One broken flow must never take the service down (R22); its channel is
             # hung up so the caller is not left in silence.
             session.log.exception("flow crashed; hanging up its channel")
+            try:
+                # Leave nothing half-done in the queue: a live caller's item is
+                # abandoned, not left waiting for a channel nobody drives.
+                await session.on_crash()
+            except Exception:
+                session.log.exception("clean-up after the crash failed too")
             await session.hangup()
         finally:
             session.ended.set()
@@ -121,6 +127,7 @@ class Switchboard:
                 session.deliver(_gone(channel_id, self.ctx.cfg.ari.app))
         by_channel = self._open_items_by_channel()
         prefix = self.ctx.cfg.ari.app + ","
+        watched = await self._adopt_conversations(present)
         for c in channels:
             if c.id in self.sessions or c.app_name != "Stasis":
                 continue
@@ -129,6 +136,8 @@ class Switchboard:
             args = c.app_data.split(",")[1:]
             role = args[0] if args else ""
             if role in LEG_ROLES:
+                if c.id in watched:
+                    continue
                 log.warning("stray %s leg %s after resync; hanging up", role, c.id)
                 await self._hangup(c.id)
                 continue
@@ -143,6 +152,42 @@ class Switchboard:
                 log.info("[item=%s] caller channel gone while away: abandoned", item.id[:12])
         self.ctx.on_work_changed()
 
+    async def _adopt_conversations(self, present: dict[str, ari.Channel]) -> set[str]:
+        """Bridges an earlier run left behind (it stopped or died mid-conversation): a
+        conversation between two of our channels goes on, watched until one side hangs
+        up; anything else in a bridge of ours (one leg left, or none) is cleaned up, so
+        no orphan bridge or half-call outlives a restart. Returns the watched channels."""
+        try:
+            bridges = await self.ctx.ari.list_bridges()
+        except ari.AriError as exc:
+            log.error("resync failed, GET /bridges: %s", exc)
+            return set()
+        watched: set[str] = set()
+        for b in bridges:
+            bridge_id = b.get("id")
+            members = b.get("channels")
+            if not isinstance(bridge_id, str) or not isinstance(members, list):
+                continue
+            ours = [m for m in members if isinstance(m, str) and m in present]
+            if any(m in self.sessions for m in ours):
+                continue  # a live session of ours owns it
+            if len(ours) == 2:
+                watch = ConversationWatch(self.ctx, bridge_id, ours[0], ours[1])
+                self.sessions[ours[1]] = watch
+                self.start(watch)
+                watched.update(ours)
+                log.info("adopted a conversation left up by an earlier run (bridge %s)",
+                         bridge_id)
+                continue
+            for m in ours:
+                await self._hangup(m)
+            try:
+                await self.ctx.ari.destroy_bridge(bridge_id)
+            except ari.AriError as exc:
+                log.debug("destroy of orphan bridge %s: %s", bridge_id, exc)
+            log.info("cleaned up orphan bridge %s (%d channel(s))", bridge_id, len(ours))
+        return watched
+
     def _open_items_by_channel(self) -> dict[str, WorkItem]:
         out: dict[str, WorkItem] = {}
         for name in self.ctx.cfg.queues:
@@ -150,6 +195,32 @@ class Switchboard:
                 if item.kind == Kind.INBOUND and item.channel_id and item.state in OPEN_STATES:
                     out[item.channel_id] = item
         return out
+
+
+class ConversationWatch(ChannelSession):
+    """A conversation (agent + caller or customer) bridged by an earlier run of the app:
+    its work item is already closed in the store; all that is left is to end the call
+    cleanly when either side hangs up."""
+
+    def __init__(self, ctx: FlowContext, bridge_id: str, first: str, second: str) -> None:
+        super().__init__(ctx.ari, first, log)
+        self.bridge_id = bridge_id
+        self.other = second
+
+    async def run(self) -> None:
+        try:
+            while True:
+                ev = await self.next()
+                if isinstance(ev, ari.StasisEnd | ari.ChannelDestroyed) \
+                        and ev.channel_id == self.other:
+                    break
+        except Hangup:
+            pass
+        for channel_id in (self.channel_id, self.other):
+            with contextlib.suppress(ari.AriError):
+                await self.ari.hangup(channel_id)
+        with contextlib.suppress(ari.AriError):
+            await self.ari.destroy_bridge(self.bridge_id)
 
 
 def _gone(channel_id: str, app: str) -> ari.StasisEnd:

@@ -95,21 +95,80 @@ def test_convert_keeps_everyones_position() -> None:
     assert ids(engine.items("sales")) == ids(callers)
 
 
-def test_convert_with_alternate_number_normalises() -> None:
+def test_convert_keeps_the_parsed_number_as_given() -> None:
+    """Numbers reach the engine parsed once (E.164, ivr.domain.numbers): the engine
+    keys dedupe on them and never re-interprets them."""
     engine, _ = make_engine()
-    a = engine.arrive("sales", channel_id="c1", number="anonymous")
-    engine.convert_to_callback(a.id, "020 7946-0001")
-    assert a.number == "02079460001"
-    assert engine.open_callback_for("sales", "(020) 7946 0001") is a
+    a = engine.arrive("sales", channel_id="c1", number=None)
+    engine.convert_to_callback(a.id, "+442079460001")
+    assert a.number == "+442079460001"
+    assert engine.open_callback_for("sales", "+442079460001") is a
 
 
-def test_convert_rejects_non_number() -> None:
+@pytest.mark.parametrize("bad", ["", "  ", " +12015550123"])
+def test_convert_rejects_non_number(bad: str) -> None:
     engine, _ = make_engine()
     a = engine.arrive("sales", channel_id="c1", number=None)
     before = snapshot(a)
     with pytest.raises(ValueError):
-        engine.convert_to_callback(a.id, "abc")
+        engine.convert_to_callback(a.id, bad)
     assert snapshot(a) == before
+
+
+def test_undo_convert_restores_the_waiting_caller_at_its_place() -> None:
+    """R20: a press 1 the store refused leaves no callback behind, only the caller."""
+    engine, clock = make_engine()
+    first = engine.arrive("sales", channel_id="c0", number="+12015550100")
+    a = engine.arrive("sales", channel_id="c1", number="+12015550101")
+    last = engine.arrive("sales", channel_id="c2", number=None)
+    engine.drain_changes()
+    engine.convert_to_callback(a.id, "+12015550199")
+    engine.undo_convert(a.id, "c1", "+12015550101")
+    assert (a.kind, a.state, a.channel_id, a.number) == (
+        Kind.INBOUND, State.WAITING, "c1", "+12015550101")
+    assert engine.open_callback_for("sales", "+12015550199") is None
+    assert ids(engine.items("sales")) == ids([first, a, last])
+    assert a.history[-1].event == "callback_not_stored"
+    # It is a live caller again in every index: dispatch reaches it in order, and it
+    # never expires as a callback.
+    offers = engine.dispatch({"ann": ["sales"], "bob": ["sales"]})
+    assert [i.id for _, i in offers] == [first.id, a.id]
+    clock.advance(30 * 86400)
+    assert engine.expire_due() == []
+    # And it may still press 1 later.
+    engine.offer_declined(a.id, "bob")
+    engine.convert_to_callback(a.id, "+12015550101")
+    assert a.state is State.CALLBACK_PENDING
+
+
+def test_uncounted_dial_failure_gives_the_attempt_back() -> None:
+    """A trunk that never answered is not the customer's failed attempt (R10)."""
+    engine, clock = make_engine()
+    cb = engine.add_callback("sales", "+12015550123")
+    for _ in range(5):  # more than max_attempts
+        (_, item), = engine.dispatch({"ann": ["sales"]})
+        engine.dial_started(item.id, "ann")
+        engine.dial_failed(item.id, "trunk_failure", counted=False)
+        assert cb.attempts == 0 and cb.state is State.CALLBACK_PENDING
+        assert engine.dispatch({"ann": ["sales"]}) == []  # waits out retry_interval
+        clock.advance(engine.policy("sales").retry_interval)
+    assert cb.history[-1].detail["reason"] == "trunk_failure"
+
+
+def test_inbound_connect_reports_the_offered_callback_it_cancels() -> None:
+    """R12 closes an OFFERED callback for the same number behind its agent's back: the
+    engine says so (drain_side_closes) so the leg holding it can be told."""
+    engine, _ = make_engine()
+    cb = engine.add_callback("sales", "+12015550123")
+    (_, offered), = engine.dispatch({"ann": ["sales"]})
+    assert offered is cb
+    live = engine.arrive("sales", channel_id="c1", number="+12015550123")
+    (_, got), = engine.dispatch({"bob": ["sales"]})
+    assert got is live
+    engine.connected(live.id, "bob")
+    assert cb.state is State.CANCELLED
+    assert engine.drain_side_closes() == [cb]
+    assert engine.drain_side_closes() == []
 
 
 # ---------------------------------------------------------------- R12 dedupe
