@@ -248,7 +248,7 @@ class AsteriskInstance:
         with self.console_log.open("ab") as out:
             out.write(f"\n==== start {time.strftime('%F %T')} ====\n".encode())
             out.flush()
-            # No `-U root`: that fails with "ASTdb initialization failed" (FACTS).
+            # No `-U root`: that fails with "ASTdb initialization failed" in a chroot.
             self._proc = subprocess.Popen(
                 ["chroot", str(self.rootfs), "asterisk", "-f", "-C", self.conf_in_chroot],
                 stdin=subprocess.DEVNULL,
@@ -281,7 +281,7 @@ class AsteriskInstance:
                         return
                     last = f"HTTP {resp.status}"
             except urllib.error.HTTPError as exc:
-                # ARI answers 503 for a moment after HTTP is up (FACTS).
+                # ARI answers 503 for a moment after HTTP is up: wait for a 200.
                 last = f"HTTP {exc.code}"
             except (urllib.error.URLError, OSError) as exc:
                 last = str(exc)
@@ -443,7 +443,7 @@ def _render(inst: AsteriskInstance, config_src: Path, agents: Sequence[str]) -> 
     (etc / "ari_users.conf").write_text(
         f"[{inst.ari_user}]\ntype = user\nread_only = no\npassword = {inst.ari_password}\n"
     )
-    # On loopback, pin RTP to 127.0.0.1 (FACTS); operators keep Asterisk's choice.
+    # On loopback, pin RTP to 127.0.0.1 (else media goes to the host's other address); operators keep Asterisk's choice.
     media = "media_address = 127.0.0.1\nbind_rtp_to_media_address = yes\n"
     _edit(
         etc / "pjsip.conf",

@@ -13,7 +13,7 @@ from ivr.sandbox import AsteriskInstance
 
 REPO = Path(__file__).resolve().parent.parent
 
-# Short timings: tests never sleep through the real 30 s / 120 s (DEVELOPERS.md).
+# Short timings: tests never sleep through the real 30 s / 120 s.
 FAST_QUEUE: dict[str, Any] = {
     "max_waiting": 1,
     "first_offer_after": "2s",

@@ -1,7 +1,7 @@
 """An independent ARI observer: a second app with ``subscribeAll=true``.
 
 It sees every channel, playback, DTMF and bridge event, including those of channels
-the app under test controls (FACTS), so tests assert on what Asterisk did rather than
+the app under test controls (Asterisk 22 sends them to a subscribeAll app), so tests assert on what Asterisk did rather than
 on the app's own account of it. Deliberately not the project's ARI client.
 """
 

@@ -1,6 +1,6 @@
 """The prompt set: prompts/manifest.yaml and the audio files it names (SPEC R4).
 
-Prompts are data (STYLE.md): code names prompt ids, the manifest maps each id to a file
+Prompts are data: code names prompt ids, the manifest maps each id to a file
 and its words per language, and these tests keep the two in step. Regenerate the audio
 with scripts/render-prompts.
 """

@@ -226,7 +226,7 @@ class CallerSession(ChannelSession):
         await self.music(q, on=True)
 
     async def music(self, q: QueueConfig, *, on: bool) -> None:
-        # A playback stops MOH and Asterisk does not resume it (FACTS): we track it ourselves.
+        # A playback stops MOH and Asterisk 22 does not resume it: we track it ourselves.
         if on:
             await self.quietly(self.ari.start_moh(self.channel_id, q.moh_class))
         elif self.moh_on:

@@ -3,7 +3,7 @@
 A session owns one Asterisk channel. The switchboard routes that channel's ARI events
 (and our own internal messages) into ``inbox``; the session's task reads them in order
 with ``next()``. A channel leaving Stasis raises ``Hangup`` out of ``next()`` wherever
-the flow is, so every state handles it at the place it can happen (STYLE: "every path out
+the flow is, so every state handles it at the place it can happen ("every path out
 of a state is handled where the state is").
 """
 
