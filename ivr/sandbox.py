@@ -443,7 +443,8 @@ def _render(inst: AsteriskInstance, config_src: Path, agents: Sequence[str]) -> 
     (etc / "ari_users.conf").write_text(
         f"[{inst.ari_user}]\ntype = user\nread_only = no\npassword = {inst.ari_password}\n"
     )
-    # On loopback, pin RTP to 127.0.0.1 (else media goes to the host's other address); operators keep Asterisk's choice.
+    # On loopback, pin RTP to 127.0.0.1 (else media goes to the host's other address);
+    # operators keep Asterisk's choice.
     media = "media_address = 127.0.0.1\nbind_rtp_to_media_address = yes\n"
     _edit(
         etc / "pjsip.conf",

@@ -1,8 +1,9 @@
 """An independent ARI observer: a second app with ``subscribeAll=true``.
 
 It sees every channel, playback, DTMF and bridge event, including those of channels
-the app under test controls (Asterisk 22 sends them to a subscribeAll app), so tests assert on what Asterisk did rather than
-on the app's own account of it. Deliberately not the project's ARI client.
+the app under test controls (Asterisk 22 sends them to a subscribeAll app), so tests
+assert on what Asterisk did rather than on the app's own account of it. Deliberately not
+the project's ARI client.
 """
 
 from __future__ import annotations

@@ -1,10 +1,11 @@
 """Routes ARI events to per-channel sessions and resyncs after a (re)connect.
 
 Asterisk 22 keeps our channels in Stasis while the websocket is down but does not replay
-the events missed meanwhile, so after every connect we compare ``GET /channels`` with our sessions: a session whose channel is
-gone gets a synthetic ``StasisEnd`` (its flow cleans up as on any hang-up), and a caller
-channel in our Stasis app that no session owns (the app restarted) is adopted again with
-its stored work item, so it keeps its original place (R21).
+the events missed meanwhile, so after every connect we compare ``GET /channels`` with
+our sessions: a session whose channel is gone gets a synthetic ``StasisEnd`` (its flow
+cleans up as on any hang-up), and a caller channel in our Stasis app that no session owns
+(the app restarted) is adopted again with its stored work item, so it keeps its original
+place (R21).
 """
 
 from __future__ import annotations
