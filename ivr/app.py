@@ -5,12 +5,17 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
+import re
+import secrets
 import signal
+import time
 from collections.abc import AsyncIterator
+from pathlib import Path
 
 from aiohttp import web
 
-from ivr.ari import AriClient
+from ivr.ari import AriClient, ConnectHandler
 from ivr.config import Config
 from ivr.domain.items import SystemClock
 from ivr.domain.queues import QueueEngine, QueuePolicy
@@ -18,7 +23,7 @@ from ivr.flows.agents import Dispatcher
 from ivr.flows.context import FlowContext
 from ivr.flows.switchboard import Switchboard
 from ivr.store import SqliteStore
-from ivr.web.api import TOKEN, make_web_app
+from ivr.web.api import make_web_app
 
 log = logging.getLogger("ivr.app")
 
@@ -37,20 +42,88 @@ def policies(cfg: Config) -> list[QueuePolicy]:
     ]
 
 
-class Service:
-    """The running product. ``start()`` returns once the ARI websocket is up."""
+#: the generated API token lives next to the store database, readable by its owner only
+TOKEN_FILE = "api-token"
+_TOKEN_TEXT = re.compile(r"[A-Za-z0-9._~+/=-]{16,512}")
 
-    def __init__(self, cfg: Config) -> None:
+
+def api_token(cfg: Config) -> str:
+    """The bearer token of the HTTP API.
+
+    ``http.api_token`` / ``IVR_API_TOKEN`` when set. Otherwise one is generated ONCE and
+    kept in ``<store dir>/api-token`` (created 0600, reused by every later start), so the
+    operator can read it there; its path is logged, the token never is."""
+    if cfg.http.api_token:
+        return cfg.http.api_token
+    path = cfg.store_path.parent / TOKEN_FILE
+    token = _read_token(path)
+    if token is None:
+        token = secrets.token_urlsafe(32)
+        try:
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        except FileExistsError:
+            # Another process made one just now (or an unusable file is in the way).
+            existing = _read_token(path)
+            if existing is None:
+                raise RuntimeError(
+                    f"{path} exists but holds no usable API token: fix or remove it, "
+                    "or set http.api_token / IVR_API_TOKEN"
+                ) from None
+            token = existing
+        else:
+            with os.fdopen(fd, "w") as f:
+                f.write(token + "\n")
+            log.info("generated an API token in %s (set http.api_token or IVR_API_TOKEN "
+                     "to choose one)", path)
+            return token
+    mode = path.stat().st_mode & 0o777
+    if mode & 0o077:
+        log.warning("%s is readable by others (mode %o): tightening to 0600", path, mode)
+        os.chmod(path, 0o600)
+    log.info("API token read from %s", path)
+    return token
+
+
+def _read_token(path: Path) -> str | None:
+    try:
+        text = path.read_text(encoding="ascii", errors="replace").strip()
+    except FileNotFoundError:
+        return None
+    return text if _TOKEN_TEXT.fullmatch(text) else None
+
+
+class Service:
+    """The running product. ``start()`` returns once the ARI websocket is up.
+
+    The events task (``ari.run``) is supervised: should it ever end while the service is
+    not stopping (returned, raised, cancelled), the error is logged and it is started
+    again after a short backoff; ``event_task_restarts`` counts those restarts. ``/healthz``
+    is 200 only while the websocket is connected and that task is alive."""
+
+    #: first and largest pause before the events task is restarted (doubling in between)
+    restart_backoff_initial = 0.5
+    restart_backoff_max = 10.0
+    #: a run that lasted this long resets the restart backoff
+    restart_backoff_reset = 60.0
+
+    def __init__(self, cfg: Config, *, ari: AriClient | None = None) -> None:
         self.cfg = cfg
-        self.ari = AriClient(cfg.ari.url, cfg.ari.user, cfg.ari.password, cfg.ari.app)
+        self.ari = ari or AriClient(cfg.ari.url, cfg.ari.user, cfg.ari.password, cfg.ari.app)
         self.engine = QueueEngine(policies(cfg), SystemClock())
         self.store: SqliteStore | None = None
         self.ctx: FlowContext | None = None
         self.switchboard: Switchboard | None = None
         self.dispatcher: Dispatcher | None = None
         self._events: asyncio.Task[None] | None = None
+        self._on_connect: ConnectHandler | None = None
+        self._events_started = 0.0
+        self._restart: asyncio.TimerHandle | None = None
+        self._restart_delay = self.restart_backoff_initial
+        self._stopping = False
         self._runner: web.AppRunner | None = None
         self.web_token = ""
+        #: times the events task ended unexpectedly and was started again
+        self.event_task_restarts = 0
 
     async def start(self, *, http: bool = True, connect_timeout: float = 30.0) -> None:
         self.cfg.store_path.parent.mkdir(parents=True, exist_ok=True)
@@ -69,19 +142,77 @@ class Service:
             await self.dispatcher.on_connect()
             await self.switchboard.on_connect(reconnected)
 
-        self._events = asyncio.create_task(self.ari.run(self.switchboard.on_event, on_connect))
+        self._on_connect = on_connect
+        self._start_events()
         await asyncio.wait_for(self.ari.connected.wait(), connect_timeout)
         self.dispatcher.start()
         if http:
-            app = make_web_app(self.ctx, self.dispatcher)
-            self.web_token = app[TOKEN]
+            self.web_token = api_token(self.cfg)
+            app = make_web_app(self.ctx, self.dispatcher, token=self.web_token,
+                               health=self.health)
             self._runner = web.AppRunner(app)
             await self._runner.setup()
             site = web.TCPSite(self._runner, self.cfg.http.bind, self.cfg.http.port)
             await site.start()
             log.info("HTTP API on %s:%d", self.cfg.http.bind, self.cfg.http.port)
 
-    async def stop(self) -> None:
+    # ------------------------------------------------------------------ events task
+
+    @property
+    def events_task_alive(self) -> bool:
+        return self._events is not None and not self._events.done()
+
+    def health(self) -> dict[str, bool]:
+        """What ``/healthz`` reports: every value must be true for a 200."""
+        return {
+            "ari_connected": self.ari.connected.is_set(),
+            "events_task_alive": self.events_task_alive,
+        }
+
+    def _start_events(self) -> None:
+        self._restart = None
+        if self._stopping:
+            return
+        assert self.switchboard is not None
+        self._events_started = time.monotonic()
+        task = asyncio.create_task(self.ari.run(self.switchboard.on_event, self._on_connect),
+                                   name="ari-events")
+        task.add_done_callback(self._events_ended)
+        self._events = task
+
+    def _events_ended(self, task: asyncio.Task[None]) -> None:
+        if self._stopping or task is not self._events:
+            if not task.cancelled() and task.exception() is not None:
+                log.debug("ARI events task ended while stopping", exc_info=task.exception())
+            return
+        if task.cancelled():
+            log.error("ARI events task was cancelled while the service runs; restarting")
+        elif (exc := task.exception()) is not None:
+            log.error("ARI events task failed; restarting", exc_info=exc)
+        else:
+            log.error("ARI events task ended while the service runs; restarting")
+        if time.monotonic() - self._events_started >= self.restart_backoff_reset:
+            self._restart_delay = self.restart_backoff_initial
+        delay = self._restart_delay
+        self._restart_delay = min(delay * 2, self.restart_backoff_max)
+        self.event_task_restarts += 1
+        log.info("ARI events task restart #%d in %.1fs", self.event_task_restarts, delay)
+        self._restart = asyncio.get_running_loop().call_later(delay, self._start_events)
+
+    async def stop(self, *, grace: float | None = None) -> None:
+        """Stop. ``grace``: a graceful stop (SIGTERM) first lets in-flight steps finish
+        for up to that many seconds while events still flow (see ``Dispatcher.drain``);
+        waiting callers are left in Stasis for the next start to re-adopt."""
+        if grace is not None and self.dispatcher is not None and not self._stopping:
+            log.info("graceful stop: no new offers; finishing what is in flight (≤ %.0fs)",
+                     grace)
+            await self.dispatcher.drain(grace)
+            if self.ctx is not None:
+                await self.ctx.commit()
+        self._stopping = True
+        if self._restart is not None:
+            self._restart.cancel()
+            self._restart = None
         if self._runner is not None:
             await self._runner.cleanup()
         if self.dispatcher is not None:
@@ -91,7 +222,8 @@ class Service:
         await self.ari.close()
         if self._events is not None:
             self._events.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
+            # Its end was logged by _events_ended; stopping must not fail on it.
+            with contextlib.suppress(asyncio.CancelledError, Exception):
                 await self._events
         if self.store is not None:
             await self.store.close()
@@ -107,6 +239,10 @@ async def running(cfg: Config, *, http: bool = False) -> AsyncIterator[Service]:
         await svc.stop()
 
 
+#: how long a graceful stop (SIGTERM/SIGINT) waits for in-flight steps
+SHUTDOWN_GRACE = 10.0
+
+
 async def run_forever(cfg: Config) -> None:
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
@@ -119,4 +255,5 @@ async def run_forever(cfg: Config) -> None:
     try:
         await stop.wait()
     finally:
-        await svc.stop()
+        await svc.stop(grace=SHUTDOWN_GRACE if stop.is_set() else None)
+    log.info("ivr stopped")

@@ -1,12 +1,19 @@
 """HTTP: health, metrics and a first read-only API. Reads the domain and the dispatcher;
-never talks to Asterisk. (The consoles and the full API come with their own issue.)"""
+never talks to Asterisk. (The consoles and the full API come with their own issue.)
+
+Safe by default: every malformed request is a 4xx with a JSON reason (``{"error": ...,
+"status": ...}``), never a 500; a bug in a handler is logged and answered with a generic
+500 that leaks no traceback."""
 
 from __future__ import annotations
 
+import asyncio
 import hmac
+import json
+import logging
 import math
 import secrets
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
 from typing import Any
 
 from aiohttp import web
@@ -14,29 +21,117 @@ from aiohttp import web
 from ivr.flows.agents import Dispatcher
 from ivr.flows.context import FlowContext
 
+log = logging.getLogger("ivr.web")
+
+HealthProbe = Callable[[], Mapping[str, bool]]
+
 CTX = web.AppKey("ctx", FlowContext)
 DISPATCHER = web.AppKey("dispatcher", Dispatcher)
 TOKEN = web.AppKey("token", str)
+HEALTH: web.AppKey[HealthProbe] = web.AppKey("health")
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+#: the largest JSON body any route accepts
+MAX_JSON_BODY = 64 * 1024
+
+# Why /healthz is 503, per failing check.
+_HEALTH_REASONS = {
+    "ari_connected": "ARI websocket not connected",
+    "events_task_alive": "ARI events task not running (being restarted)",
+}
+# Headers of an HTTP error worth keeping when it is turned into JSON.
+_KEPT_HEADERS = ("Allow", "WWW-Authenticate", "Retry-After")
+
+
+def _error(status: int, reason: str, headers: Mapping[str, str] | None = None) -> web.Response:
+    return web.json_response({"error": reason, "status": status}, status=status,
+                             headers=headers)
+
+
+@web.middleware
+async def errors(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """Outermost: HTTP errors become JSON with their reason; anything unexpected is
+    logged here and answered with a generic 500 (no traceback leaves the process)."""
+    try:
+        return await handler(request)
+    except web.HTTPException as exc:
+        if exc.status < 400:
+            raise
+        kept = {k: v for k in _KEPT_HEADERS if (v := exc.headers.get(k)) is not None}
+        return _error(exc.status, exc.reason, kept)
+    except asyncio.CancelledError:
+        raise
+    except Exception:
+        route = request.match_info.route.resource
+        where = route.canonical if route is not None else "?"
+        log.exception("HTTP %s %s failed", request.method, where)
+        return _error(500, "internal error (logged)")
 
 
 @web.middleware
 async def require_token(request: web.Request, handler: Handler) -> web.StreamResponse:
-    """R23: every route but the bare health probe needs the bearer token."""
+    """R23: every route but the bare health probe needs the bearer token. A header that
+    is not plain ASCII cannot hold it: 401 as for any wrong token."""
     if request.path == "/healthz":
         return await handler(request)
     given = request.headers.get("Authorization", "")
     expected = "Bearer " + request.app[TOKEN]
-    if not hmac.compare_digest(given.encode(), expected.encode()):
-        raise web.HTTPUnauthorized(reason="bearer token required")
+    try:
+        given_bytes = given.encode("ascii")
+    except UnicodeError:
+        given_bytes = b""
+    if not given_bytes or not hmac.compare_digest(given_bytes, expected.encode()):
+        raise web.HTTPUnauthorized(reason="bearer token required",
+                                   headers={"WWW-Authenticate": "Bearer"})
     return await handler(request)
 
 
+def _no_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not JSON")
+
+
+async def read_json(request: web.Request, max_size: int = MAX_JSON_BODY) -> Any:
+    """The request body as JSON, or an HTTP error with a reason: 415 for a body that is
+    not ``application/json``, 413 above ``max_size`` bytes, 400 for anything that is not
+    one valid JSON document (bad UTF-8, NaN, nested too deeply, empty)."""
+    if "Content-Type" in request.headers:
+        ctype = request.content_type
+        if ctype != "application/json" and not (
+            ctype.startswith("application/") and ctype.endswith("+json")
+        ):
+            raise web.HTTPUnsupportedMediaType(reason="send Content-Type: application/json")
+    if request.content_length is not None and request.content_length > max_size:
+        raise web.HTTPRequestEntityTooLarge(max_size, request.content_length,
+                                            reason=f"body over {max_size} bytes")
+    body = bytearray()
+    while chunk := await request.content.readany():
+        body += chunk
+        if len(body) > max_size:
+            raise web.HTTPRequestEntityTooLarge(max_size, len(body),
+                                                reason=f"body over {max_size} bytes")
+    if not body.strip():
+        raise web.HTTPBadRequest(reason="body must be JSON (it is empty)")
+    try:
+        return json.loads(bytes(body), parse_constant=_no_constant)
+    except RecursionError:
+        raise web.HTTPBadRequest(reason="body is nested too deeply") from None
+    except ValueError:
+        raise web.HTTPBadRequest(reason="body must be JSON") from None
+
+
+def default_health(ctx: FlowContext) -> HealthProbe:
+    return lambda: {"ari_connected": ctx.ari.connected.is_set()}
+
+
 async def healthz(request: web.Request) -> web.Response:
-    ctx = request.app[CTX]
-    ok = ctx.ari.connected.is_set()
-    return web.json_response({"ari_connected": ok}, status=200 if ok else 503)
+    """200 only when every check holds; 503 with the reason(s) otherwise."""
+    checks = dict(request.app[HEALTH]())
+    failing = [name for name, ok in checks.items() if not ok]
+    body: dict[str, Any] = {"ok": not failing, **checks}
+    if failing:
+        body["reason"] = "; ".join(_HEALTH_REASONS.get(n, f"{n} is false") for n in failing)
+    return web.json_response(body, status=503 if failing else 200)
 
 
 async def queues(request: web.Request) -> web.Response:
@@ -72,10 +167,7 @@ async def agent_state(request: web.Request) -> web.Response:
     agent_id = request.match_info["agent"]
     if agent_id not in d.agents:
         raise web.HTTPNotFound(reason=f"no agent {agent_id!r}")
-    try:
-        body = await request.json()
-    except ValueError:
-        raise web.HTTPBadRequest(reason="body must be JSON") from None
+    body = await read_json(request)
     if not isinstance(body, dict) or not isinstance(body.get("ready"), bool):
         raise web.HTTPBadRequest(reason='body must be {"ready": true} or {"ready": false}')
     d.set_ready(agent_id, body["ready"])
@@ -112,13 +204,21 @@ def _finite(x: float) -> float | None:
     return x if math.isfinite(x) else None
 
 
-def make_web_app(ctx: FlowContext, dispatcher: Dispatcher) -> web.Application:
-    app = web.Application(middlewares=[require_token])
+def make_web_app(
+    ctx: FlowContext,
+    dispatcher: Dispatcher,
+    *,
+    token: str | None = None,
+    health: HealthProbe | None = None,
+) -> web.Application:
+    """``token``: the bearer token (default: ``http.api_token``, else a random one for
+    this app only; the service passes the one it keeps on disk). ``health``: the checks
+    ``/healthz`` reports (default: the ARI websocket is connected)."""
+    app = web.Application(middlewares=[errors, require_token], client_max_size=MAX_JSON_BODY)
     app[CTX] = ctx
     app[DISPATCHER] = dispatcher
-    # No token configured: one is generated per start (never a default that reaches a
-    # network); operators set http.api_token or IVR_API_TOKEN to keep one.
-    app[TOKEN] = ctx.cfg.http.api_token or secrets.token_urlsafe(24)
+    app[TOKEN] = token or ctx.cfg.http.api_token or secrets.token_urlsafe(24)
+    app[HEALTH] = health or default_health(ctx)
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/metrics", metrics)
     app.router.add_get("/api/queues", queues)
