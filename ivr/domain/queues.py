@@ -20,9 +20,8 @@ from __future__ import annotations
 
 import heapq
 import math
-from bisect import bisect_left
 from collections import OrderedDict
-from collections.abc import Collection, Iterable, Iterator, Mapping
+from collections.abc import Collection, Iterable, Mapping
 from dataclasses import dataclass
 
 from ivr.domain.ewt import DequeueEstimator
@@ -34,8 +33,7 @@ from ivr.domain.items import (
     WorkItem,
     new_item_id,
 )
-
-Key = tuple[float, int, str]
+from ivr.domain.order_index import Key, OrderIndex
 
 # Closed items are dropped from memory (the store has them); a bounded tail is kept so
 # get() still answers for an item that closed a moment ago (e.g. a late agent event).
@@ -110,157 +108,6 @@ class QueuePolicy:
             raise ValueError(f"queue {self.name}: ewt_alpha must be in (0, 1]")
         if not self.initial_dequeue_interval > 0:
             raise ValueError(f"queue {self.name}: initial_dequeue_interval must be > 0")
-
-
-class OrderIndex:
-    """A sorted set of keys with O(log n) rank, the stdlib way.
-
-    A list of sorted buckets (the layout sortedcontainers uses) plus a Fenwick tree over
-    bucket sizes: insert/remove cost a bisect and a memmove inside one bucket of at most
-    ``2 * LOAD`` keys, rank costs two bisects and a Fenwick prefix sum. The Fenwick tree
-    is rebuilt (O(n / LOAD)) only when buckets split, merge or vanish.
-    Hand-rolled rather than depending on sortedcontainers: ~100 lines, and the engine
-    needs only add/discard/rank/iterate.
-    """
-
-    LOAD = 256
-
-    __slots__ = ("_buckets", "_fenwick", "_len", "_maxes")
-
-    def __init__(self, keys: Iterable[Key] = ()) -> None:
-        ordered = sorted(set(keys))
-        self._buckets: list[list[Key]] = [
-            ordered[i : i + self.LOAD] for i in range(0, len(ordered), self.LOAD)
-        ]
-        self._maxes: list[Key] = [b[-1] for b in self._buckets]
-        self._len = len(ordered)
-        self._fenwick: list[int] = []
-        self._rebuild()
-
-    def __len__(self) -> int:
-        return self._len
-
-    def _rebuild(self) -> None:
-        n = len(self._buckets)
-        tree = [0] * (n + 1)
-        for i, bucket in enumerate(self._buckets, 1):
-            tree[i] += len(bucket)
-            parent = i + (i & -i)
-            if parent <= n:
-                tree[parent] += tree[i]
-        self._fenwick = tree
-
-    def _fenwick_add(self, bucket: int, delta: int) -> None:
-        i = bucket + 1
-        tree = self._fenwick
-        n = len(tree) - 1
-        while i <= n:
-            tree[i] += delta
-            i += i & -i
-
-    def _prefix(self, bucket: int) -> int:
-        """Number of keys in buckets before ``bucket``."""
-        total = 0
-        i = bucket
-        tree = self._fenwick
-        while i > 0:
-            total += tree[i]
-            i -= i & -i
-        return total
-
-    def __contains__(self, key: Key) -> bool:
-        b = bisect_left(self._maxes, key)
-        if b == len(self._maxes):
-            return False
-        bucket = self._buckets[b]
-        j = bisect_left(bucket, key)
-        return j < len(bucket) and bucket[j] == key
-
-    def add(self, key: Key) -> bool:
-        """Insert; False (and no change) if already present."""
-        maxes = self._maxes
-        if not maxes:
-            self._buckets.append([key])
-            maxes.append(key)
-            self._len = 1
-            self._rebuild()
-            return True
-        b = bisect_left(maxes, key)
-        if b == len(maxes):
-            # Past the last key: the common case (a new arrival joins the tail).
-            b -= 1
-            self._buckets[b].append(key)
-            maxes[b] = key
-        else:
-            bucket = self._buckets[b]
-            j = bisect_left(bucket, key)
-            if bucket[j] == key:
-                return False
-            bucket.insert(j, key)
-        self._len += 1
-        bucket = self._buckets[b]
-        if len(bucket) > 2 * self.LOAD:
-            half = bucket[self.LOAD :]
-            del bucket[self.LOAD :]
-            maxes[b] = bucket[-1]
-            self._buckets.insert(b + 1, half)
-            maxes.insert(b + 1, half[-1])
-            self._rebuild()
-        else:
-            self._fenwick_add(b, 1)
-        return True
-
-    def discard(self, key: Key) -> bool:
-        """Remove; False if absent."""
-        maxes = self._maxes
-        b = bisect_left(maxes, key)
-        if b == len(maxes):
-            return False
-        bucket = self._buckets[b]
-        j = bisect_left(bucket, key)
-        if j == len(bucket) or bucket[j] != key:
-            return False
-        del bucket[j]
-        self._len -= 1
-        if not bucket:
-            del self._buckets[b]
-            del maxes[b]
-            self._rebuild()
-        elif len(bucket) < self.LOAD // 8 and len(self._buckets) > 1:
-            # Merge a dwindling bucket into a neighbour so FIFO draining from the head
-            # does not leave many tiny buckets behind.
-            n = b + 1 if b + 1 < len(self._buckets) else b - 1
-            lo, hi = min(b, n), max(b, n)
-            self._buckets[lo].extend(self._buckets[hi])
-            del self._buckets[hi]
-            del maxes[hi]
-            maxes[lo] = self._buckets[lo][-1]
-            if len(self._buckets[lo]) > 2 * self.LOAD:
-                merged = self._buckets[lo]
-                half = merged[self.LOAD :]
-                del merged[self.LOAD :]
-                maxes[lo] = merged[-1]
-                self._buckets.insert(lo + 1, half)
-                maxes.insert(lo + 1, half[-1])
-            self._rebuild()
-        else:
-            maxes[b] = bucket[-1]
-            self._fenwick_add(b, -1)
-        return True
-
-    def rank(self, key: Key) -> int:
-        """Number of keys strictly less than ``key``."""
-        b = bisect_left(self._maxes, key)
-        if b == len(self._maxes):
-            return self._len
-        return self._prefix(b) + bisect_left(self._buckets[b], key)
-
-    def first(self) -> Key | None:
-        return self._buckets[0][0] if self._buckets else None
-
-    def __iter__(self) -> Iterator[Key]:
-        for bucket in self._buckets:
-            yield from bucket
 
 
 class _Queue:

@@ -18,7 +18,8 @@ from ivr.domain import (
     UnknownQueue,
     WorkItem,
 )
-from ivr.domain.queues import OrderIndex, QueueEngine
+from ivr.domain.order_index import OrderIndex
+from ivr.domain.queues import QueueEngine
 from tests.domain.helpers import make_engine
 
 
