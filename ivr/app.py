@@ -18,7 +18,7 @@ from aiohttp import web
 from ivr.ari import AriClient, ConnectHandler
 from ivr.config import Config
 from ivr.domain.items import SystemClock
-from ivr.domain.queues import QueueEngine, QueuePolicy
+from ivr.domain.queues import QueueEngine
 from ivr.flows.agents import Dispatcher
 from ivr.flows.context import FlowContext
 from ivr.flows.switchboard import Switchboard
@@ -26,20 +26,6 @@ from ivr.store import SqliteStore
 from ivr.web.api import make_web_app
 
 log = logging.getLogger("ivr.app")
-
-
-def policies(cfg: Config) -> list[QueuePolicy]:
-    return [
-        QueuePolicy(
-            name=q.name,
-            max_waiting=q.max_waiting,
-            max_ewt=q.max_ewt,
-            retry_interval=q.retry_interval,
-            max_attempts=q.max_attempts,
-            expire_after=q.expire_after,
-        )
-        for q in cfg.queues.values()
-    ]
 
 
 #: the generated API token lives next to the store database, readable by its owner only
@@ -109,7 +95,7 @@ class Service:
     def __init__(self, cfg: Config, *, ari: AriClient | None = None) -> None:
         self.cfg = cfg
         self.ari = ari or AriClient(cfg.ari.url, cfg.ari.user, cfg.ari.password, cfg.ari.app)
-        self.engine = QueueEngine(policies(cfg), SystemClock())
+        self.engine = QueueEngine([q.policy for q in cfg.queues.values()], SystemClock())
         self.store: SqliteStore | None = None
         self.ctx: FlowContext | None = None
         self.switchboard: Switchboard | None = None

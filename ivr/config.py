@@ -30,58 +30,40 @@ import ipaddress
 import os
 import re
 import string
-from collections.abc import Iterator, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass, field
-from datetime import datetime, time, timedelta
+from datetime import time
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
-from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 import yaml
 
-from ivr.domain import numbers
-from ivr.domain.numbers import NumberGuard, PhoneNumber
-
-# Prompt ids the flows play; each must exist in the manifest for every configured language.
-PROMPT_IDS: tuple[str, ...] = (
-    "offer",
-    "offer_alternate",
-    "confirmation",
-    "already_scheduled",
-    "enter_number",
-    "number_readback",
-    "confirm_number",
-    "invalid_number",
-    "back_to_queue",
-    "request_failed",
-    "unavailable",
-    "preview_intro",
-    "preview_waited",
-    "minutes",
-    "preview_accept",
-    "callback_failed",
-    "verify_customer",
-    "connecting",
+from ivr.configdoc import (
+    ConfigError,
+    Doc,
+    SafeLoader,
+    boolean,
+    decode,
+    duration,
+    integer,
+    opt_duration,
+    parse_duration,
+    yaml_error,
 )
+from ivr.domain import hours as hours_mod
+from ivr.domain import numbers
+from ivr.domain.hours import BusinessHours
+from ivr.domain.numbers import NumberGuard, PhoneNumber
+from ivr.domain.policy import PolicyError, QueuePolicy
+from ivr.prompts import PROMPT_IDS, PromptConfig, check_languages, file_exists, load_manifest
+
+__all__ = ["Config", "ConfigError", "QueueConfig", "load", "loads", "parse_duration"]
 
 # Fields ``outbound.dial`` may use (see the module docstring).
 DIAL_FIELDS: tuple[str, ...] = ("number", "e164", "national")
 
-# YAML nesting deeper than this is refused (the deepest real key is 4 levels down).
-MAX_DEPTH = 32
-
-
-class ConfigError(Exception):
-    """A configuration problem, with the key path and line when known."""
-
-    def __init__(self, message: str, key: str = "", line: int | None = None) -> None:
-        where = key or "config"
-        if line is not None:
-            where += f" (line {line})"
-        super().__init__(f"{where}: {message}")
-        self.key = key
-        self.line = line
+_NAME = re.compile(r"^[A-Za-z0-9_.-]{1,64}$")
 
 
 # --------------------------------------------------------------------------- typed config
@@ -103,81 +85,14 @@ class HttpConfig:
 
 
 @dataclass(frozen=True)
-class PromptConfig:
-    dir: Path
-    """Local folder with ``manifest.yaml`` and the files (validated at start)."""
-    asterisk_dir: str
-    """The same folder as Asterisk sees it (``sound:<asterisk_dir>/<file>``)."""
-    language: str
-    files: Mapping[str, Mapping[str, str]]
-    """language -> prompt id -> file path relative to ``dir``, without extension."""
-
-    def uri(self, prompt_id: str, language: str | None = None,
-            overrides: Mapping[str, str] | None = None) -> str:
-        rel = (overrides or {}).get(prompt_id)
-        if rel is None:
-            rel = self.files[language or self.language][prompt_id]
-        return f"sound:{self.asterisk_dir.rstrip('/')}/{rel}"
-
-
-# End of a range written as 24:00 (open until midnight).
-END_OF_DAY = time.max
-
-
-@dataclass(frozen=True)
-class BusinessHours:
-    timezone: str
-    days: Mapping[int, tuple[tuple[time, time], ...]]
-    """weekday (0 = Monday) -> opening ranges, sorted and merged; an end of
-    ``END_OF_DAY`` means open until midnight. A day not listed is closed."""
-
-    def _local(self, now: float) -> datetime:
-        return datetime.fromtimestamp(now, ZoneInfo(self.timezone))
-
-    def _range_at(self, weekday: int, t: time) -> tuple[time, time] | None:
-        for a, b in self.days.get(weekday, ()):
-            if a <= t and (t < b or b == END_OF_DAY):
-                return a, b
-        return None
-
-    def is_open(self, now: float) -> bool:
-        local = self._local(now)
-        return self._range_at(local.weekday(), local.time()) is not None
-
-    def seconds_to_close(self, now: float) -> float:
-        """Seconds until the current opening ends (0 when closed). A range open until
-        midnight continues into the next day's range that starts at 00:00."""
-        local = self._local(now)
-        found = self._range_at(local.weekday(), local.time())
-        if found is None:
-            return 0.0
-        day, end = local.date(), found[1]
-        for _ in range(7):
-            if end != END_OF_DAY:
-                break
-            nxt = day + timedelta(days=1)
-            cont = [b for a, b in self.days.get(nxt.weekday(), ()) if a == time(0)]
-            if not cont:
-                break
-            day, end = nxt, cont[0]
-        zone = ZoneInfo(self.timezone)
-        if end == END_OF_DAY:
-            close = datetime.combine(day + timedelta(days=1), time(0), zone)
-        else:
-            close = datetime.combine(day, end, zone)
-        # Via timestamps: aware datetimes in one zone subtract as wall clock (DST).
-        return max(0.0, close.timestamp() - now)
-
-
-@dataclass(frozen=True)
 class QueueConfig:
     name: str
     did: str
     caller_id: str
     moh_class: str
     language: str
-    max_waiting: int | None
-    max_ewt: float | None
+    policy: QueuePolicy
+    """The engine's rules for this queue (overflow, retries, expiry), built here."""
     first_offer_after: float
     repeat_offer_every: float
     region: str
@@ -189,9 +104,6 @@ class QueueConfig:
     allowed_numbers: tuple[str, ...]
     denied_numbers: tuple[str, ...]
     alternate_number: bool
-    retry_interval: float
-    max_attempts: int
-    expire_after: float
     ring_timeout: float
     preview_timeout: float
     verify_customer: bool
@@ -256,220 +168,35 @@ class Config:
         return None
 
 
-# --------------------------------------------------------------------------- YAML with lines
+# --------------------------------------------------------------------------- values
 
 
-class _Doc:
-    """A YAML mapping with the line of every key, for error messages."""
-
-    def __init__(self, node: yaml.MappingNode, path: str,
-                 lines: dict[str, int] | None = None) -> None:
-        self.path = path
-        self.line = node.start_mark.line + 1
-        self.lines: dict[str, int] = {} if lines is None else lines
-        self.items: dict[str, tuple[yaml.Node, int]] = {}
-        for k, v in node.value:
-            if not isinstance(k, yaml.ScalarNode):
-                raise ConfigError("keys must be plain words", path, k.start_mark.line + 1)
-            if k.value in self.items:
-                raise ConfigError("duplicate key", self.key(k.value), k.start_mark.line + 1)
-            self.items[k.value] = (v, k.start_mark.line + 1)
-            self.lines[self.key(k.value)] = k.start_mark.line + 1
-        self.used: set[str] = set()
-
-    def key(self, name: str) -> str:
-        return f"{self.path}.{name}" if self.path else name
-
-    def err(self, name: str, message: str) -> ConfigError:
-        line = self.items[name][1] if name in self.items else self.line
-        return ConfigError(message, self.key(name), line)
-
-    def has(self, name: str) -> bool:
-        return name in self.items and not _is_null(self.items[name][0])
-
-    def node(self, name: str) -> yaml.Node:
-        self.used.add(name)
-        return self.items[name][0]
-
-    def scalar(self, name: str, default: str | None = None) -> str:
-        if not self.has(name):
-            self.used.add(name)
-            if default is None:
-                raise self.err(name, "is required")
-            return default
-        n = self.node(name)
-        if not isinstance(n, yaml.ScalarNode):
-            raise self.err(name, "must be a single value")
-        return str(n.value)
-
-    def opt(self, name: str) -> str | None:
-        if not self.has(name):
-            self.used.add(name)
-            return None
-        return self.scalar(name)
-
-    def sub(self, name: str, required: bool = True) -> _Doc | None:
-        if not self.has(name):
-            self.used.add(name)
-            if required:
-                raise self.err(name, "is required")
-            return None
-        n = self.node(name)
-        if not isinstance(n, yaml.MappingNode):
-            raise self.err(name, "must be a mapping")
-        return _Doc(n, self.key(name), self.lines)
-
-    def strings(self, name: str, default: tuple[str, ...]) -> tuple[str, ...]:
-        if not self.has(name):
-            self.used.add(name)
-            return default
-        n = self.node(name)
-        if isinstance(n, yaml.ScalarNode):
-            return (str(n.value),)
-        if not isinstance(n, yaml.SequenceNode) or not all(
-            isinstance(i, yaml.ScalarNode) for i in n.value
-        ):
-            raise self.err(name, "must be a list of values")
-        return tuple(str(i.value) for i in n.value)
-
-    def children(self) -> Iterator[tuple[str, _Doc]]:
-        for name in list(self.items):
-            sub = self.sub(name)
-            assert sub is not None
-            yield name, sub
-
-    def check_unknown(self) -> None:
-        for name in self.items:
-            if name not in self.used:
-                raise self.err(name, "unknown key")
-
-
-def _is_null(node: yaml.Node) -> bool:
-    return isinstance(node, yaml.ScalarNode) and node.tag == "tag:yaml.org,2002:null"
-
-
-_DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h|d)?\s*$")
-_UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0, None: 1.0}
-
-
-def parse_duration(text: str) -> float:
-    """``30s``, ``2m``, ``1.5h``, ``7d``, ``250ms`` or plain seconds -> seconds."""
-    m = _DURATION.match(text)
-    if not m:
-        raise ValueError(f"not a duration: {text!r} (use e.g. 30s, 2m, 1h, 7d)")
-    return float(m.group(1)) * _UNITS[m.group(2)]
-
-
-def _duration(doc: _Doc, name: str, default: str | None, lo: float | None = None,
-              hi: float | None = None) -> float:
-    raw = doc.scalar(name, default)
-    try:
-        value = parse_duration(raw)
-    except ValueError as exc:
-        raise doc.err(name, str(exc)) from None
-    if lo is not None and value < lo:
-        raise doc.err(name, f"must be at least {lo:g}s")
-    if hi is not None and value > hi:
-        raise doc.err(name, f"must be at most {hi:g}s")
-    return value
-
-
-def _opt_duration(doc: _Doc, name: str, lo: float, hi: float) -> float | None:
-    if doc.opt(name) is None:
-        return None
-    return _duration(doc, name, None, lo, hi)
-
-
-def _int(doc: _Doc, name: str, default: int | None, lo: int, hi: int) -> int:
-    raw = doc.scalar(name, None if default is None else str(default))
-    try:
-        value = int(raw)
-    except ValueError:
-        raise doc.err(name, f"must be a whole number, not {raw!r}") from None
-    if not lo <= value <= hi:
-        raise doc.err(name, f"must be between {lo} and {hi}")
-    return value
-
-
-def _bool(doc: _Doc, name: str, default: bool) -> bool:
-    raw = doc.scalar(name, "true" if default else "false").lower()
-    if raw in ("true", "yes", "on", "1"):
-        return True
-    if raw in ("false", "no", "off", "0"):
-        return False
-    raise doc.err(name, f"must be true or false, not {raw!r}")
-
-
-_NAME = re.compile(r"^[A-Za-z0-9_.-]{1,64}$")
-_DAYS = {"mon": 0, "tue": 1, "wed": 2, "thu": 3, "fri": 4, "sat": 5, "sun": 6}
-_RANGE = re.compile(r"^(\d{1,2}):(\d{2})-(\d{1,2}):(\d{2})$")
-
-
-def _weekdays(doc: _Doc, name: str) -> list[int]:
-    """``mon``, ``mon-fri``, or a range that wraps past Sunday: ``fri-mon`` is fri, sat,
-    sun, mon; ``mon-mon`` is Monday only."""
-    spec = name.lower()
-    if "-" in spec:
-        a, _, b = spec.partition("-")
-        if a not in _DAYS or b not in _DAYS:
-            raise doc.err(name, "day range must look like mon-fri (or fri-mon)")
-        first, last = _DAYS[a], _DAYS[b]
-        return [(first + i) % 7 for i in range((last - first) % 7 + 1)]
-    if spec in _DAYS:
-        return [_DAYS[spec]]
-    raise doc.err(name, "unknown day (use mon..sun or a range like mon-fri)")
-
-
-def _merge(ranges: list[tuple[time, time]]) -> tuple[tuple[time, time], ...]:
-    """Sorted, overlapping and touching ranges joined (so ``seconds_to_close`` sees
-    where an opening really ends)."""
-    out: list[tuple[time, time]] = []
-    for a, b in sorted(ranges):
-        if out and a <= out[-1][1]:
-            out[-1] = (out[-1][0], max(out[-1][1], b))
-        else:
-            out.append((a, b))
-    return tuple(out)
-
-
-def _hours(doc: _Doc) -> BusinessHours:
+def _hours(doc: Doc) -> BusinessHours:
     tz = doc.scalar("timezone", "UTC")
     try:
-        ZoneInfo(tz)
-    except (ZoneInfoNotFoundError, ValueError, OSError):
-        raise doc.err("timezone", f"unknown time zone {tz!r} (use e.g. America/New_York)") \
-            from None
+        hours_mod.check_timezone(tz)
+    except ValueError as exc:
+        raise doc.err("timezone", str(exc)) from None
     days: dict[int, list[tuple[time, time]]] = {}
     for name in list(doc.items):
         if name == "timezone":
             continue
-        which = _weekdays(doc, name)
-        ranges: list[tuple[time, time]] = []
-        for r in doc.strings(name, ()):
-            m = _RANGE.match(r.replace(" ", ""))
-            if not m:
-                raise doc.err(name, f"opening hours must look like 08:00-18:00, not {r!r}")
-            h1, m1, h2, m2 = (int(x) for x in m.groups())
-            if h1 > 23 or m1 > 59 or m2 > 59 or h2 > 24 or (h2 == 24 and m2 != 0):
-                raise doc.err(name, f"bad opening hours {r!r}")
-            if (h2, m2) <= (h1, m1):
-                raise doc.err(
-                    name,
-                    f"bad opening hours {r!r}: the end must be after the start (to stay "
-                    "open past midnight, end at 24:00 and start the next day at 00:00)",
-                )
-            ranges.append((time(h1, m1), END_OF_DAY if h2 == 24 else time(h2, m2)))
+        try:
+            which = hours_mod.parse_days(name)
+            ranges = [hours_mod.parse_range(r) for r in doc.strings(name, ())]
+        except ValueError as exc:
+            raise doc.err(name, str(exc)) from None
         for d in which:
             days.setdefault(d, []).extend(ranges)
     doc.check_unknown()
-    merged = {d: _merge(r) for d, r in days.items() if r}
+    merged = {d: hours_mod.merge(r) for d, r in days.items() if r}
     if not merged:
         raise ConfigError("no opening hours: list days, e.g. mon-fri: [\"08:00-18:00\"]",
                           doc.path, doc.lines.get(doc.path, doc.line))
     return BusinessHours(tz, merged)
 
 
-def _patterns(doc: _Doc, name: str) -> tuple[str, ...]:
+def _patterns(doc: Doc, name: str) -> tuple[str, ...]:
     patterns = doc.strings(name, ())
     for p in patterns:
         try:
@@ -479,7 +206,7 @@ def _patterns(doc: _Doc, name: str) -> tuple[str, ...]:
     return patterns
 
 
-def _regions(doc: _Doc, name: str, default: tuple[str, ...]) -> tuple[str, ...]:
+def _regions(doc: Doc, name: str, default: tuple[str, ...]) -> tuple[str, ...]:
     values = tuple(r.strip().upper() for r in doc.strings(name, default))
     if not values:
         raise doc.err(name, "list at least one region, e.g. [US]")
@@ -489,7 +216,7 @@ def _regions(doc: _Doc, name: str, default: tuple[str, ...]) -> tuple[str, ...]:
     return values
 
 
-def _number_types(doc: _Doc) -> tuple[str, ...]:
+def _number_types(doc: Doc) -> tuple[str, ...]:
     values = tuple(t.strip().lower() for t in doc.strings("number_types", numbers.DEFAULT_TYPES))
     if not values:
         raise doc.err("number_types", "list at least one number type, e.g. [fixed_line, mobile]")
@@ -500,7 +227,7 @@ def _number_types(doc: _Doc) -> tuple[str, ...]:
     return values
 
 
-def _region(doc: _Doc, default: str | None) -> str:
+def _region(doc: Doc, default: str | None) -> str:
     if not doc.has("region"):
         doc.used.add("region")
         if default is not None:
@@ -515,7 +242,7 @@ def _region(doc: _Doc, default: str | None) -> str:
     return value
 
 
-def _dial(doc: _Doc) -> str:
+def _dial(doc: Doc) -> str:
     dial = doc.scalar("dial")
     example = "e.g. PJSIP/{number}@carrier"
     try:
@@ -545,125 +272,14 @@ def _dial(doc: _Doc) -> str:
     return dial
 
 
-class _Loader(yaml.SafeLoader):
-    """SafeLoader that refuses aliases (no "billion laughs") and deep nesting (no
-    RecursionError)."""
-
-    def __init__(self, stream: str) -> None:
-        super().__init__(stream)
-        self._depth = 0
-
-    def compose_node(self, parent: yaml.Node | None, index: int) -> yaml.Node | None:
-        if self.check_event(yaml.AliasEvent):
-            raise ConfigError(
-                "YAML aliases (*name) are not supported: write the value out in full",
-                "", self._line())
-        self._depth += 1
-        try:
-            if self._depth > MAX_DEPTH:
-                raise ConfigError(f"nested more than {MAX_DEPTH} levels deep", "", self._line())
-            return super().compose_node(parent, index)
-        finally:
-            self._depth -= 1
-
-    def _line(self) -> int | None:
-        event: yaml.Event = self.peek_event()  # type: ignore[no-untyped-call]
-        mark = event.start_mark
-        return None if mark is None else mark.line + 1
+# --------------------------------------------------------------------------- sections
 
 
-def _yaml_error(exc: yaml.YAMLError | RecursionError, text: str) -> ConfigError:
-    """One line, with the line number, for whatever PyYAML raised."""
-    if isinstance(exc, RecursionError):
-        return ConfigError(f"nested too deeply (more than {MAX_DEPTH} levels)")
-    if isinstance(exc, yaml.reader.ReaderError):
-        char = exc.character
-        shown = f"#x{char:04x}" if isinstance(char, int) else repr(char)
-        return ConfigError(f"not valid YAML: {exc.reason}: {shown}", "",
-                           text[: exc.position].count("\n") + 1)
-    mark = getattr(exc, "problem_mark", None)
-    parts = [getattr(exc, "context", None), getattr(exc, "problem", None)]
-    message = ", ".join(str(p) for p in parts if p) or str(exc).splitlines()[0]
-    return ConfigError(f"not valid YAML: {message}", "",
-                       mark.line + 1 if mark is not None else None)
-
-
-def _decode(data: bytes, name: str) -> str:
-    try:
-        return data.decode("utf-8")
-    except UnicodeDecodeError as exc:
-        line = data[: exc.start].count(b"\n") + 1
-        raise ConfigError(
-            f"{name} is not UTF-8 text: byte 0x{data[exc.start]:02x} at byte {exc.start}",
-            "", line) from None
-
-
-def _is_file(path: Path) -> bool:
-    try:
-        return path.is_file()
-    except (OSError, ValueError):
-        return False
-
-
-def _load_manifest(path: Path, line: int | None) -> dict[str, dict[str, str]]:
-    try:
-        data = yaml.load(_decode(path.read_bytes(), str(path)), Loader=_Loader)
-    except ConfigError as exc:
-        raise ConfigError(f"bad prompt manifest {path}: {exc}", "prompts.dir", line) from None
-    except (OSError, ValueError, yaml.YAMLError, RecursionError) as exc:
-        raise ConfigError(f"cannot read prompt manifest {path}: {exc}", "prompts.dir",
-                          line) from None
-    out: dict[str, dict[str, str]] = {}
-    if not isinstance(data, dict):
-        raise ConfigError(f"prompt manifest {path} must map languages to prompts", "prompts.dir",
-                          line)
-    for lang, prompts in data.items():
-        if not isinstance(prompts, dict):
-            continue
-        out[str(lang)] = {
-            str(pid): str(p["file"]) if isinstance(p, dict) and "file" in p else f"{lang}/{pid}"
-            for pid, p in prompts.items()
-        }
-    return out
-
-
-def _prompt_file_exists(base: Path, rel: str) -> bool:
-    return any(_is_file(base / f"{rel}{ext}") for ext in (".wav", ".gsm", ".ulaw", ".sln"))
-
-
-# --------------------------------------------------------------------------- loading
-
-
-def load(path: str | Path, env: Mapping[str, str] | None = None) -> Config:
-    """Read and validate a configuration file. Raises ``ConfigError``."""
-    path = Path(path)
-    try:
-        data = path.read_bytes()
-    except OSError as exc:
-        raise ConfigError(f"cannot read {path}: {exc.strerror or exc}") from None
-    except ValueError as exc:  # e.g. a NUL in the path
-        raise ConfigError(f"cannot read {path!r}: {exc}") from None
-    text = _decode(data, str(path))
-    return loads(text, base_dir=path.parent, env=os.environ if env is None else env)
-
-
-def loads(text: str, base_dir: Path = Path("."), env: Mapping[str, str] | None = None) -> Config:
-    env = env if env is not None else {}
-    try:
-        node = yaml.compose(text, Loader=_Loader)
-    except (yaml.YAMLError, RecursionError) as exc:
-        raise _yaml_error(exc, text) from None
-    if not isinstance(node, yaml.MappingNode):
-        raise ConfigError("the file must be a YAML mapping (ari:, queues:, agents: ...)")
-    lines: dict[str, int] = {}
-    root = _Doc(node, "", lines)
-    region = _region(root, None)
-
-    # ---- ari
+def _ari(root: Doc, env: Mapping[str, str]) -> AriConfig:
     a = root.sub("ari")
-    assert a is not None
-    url, user, password = a.scalar("url", "http://127.0.0.1:8088"), a.scalar("user", "ivr"), \
-        a.scalar("password", "")
+    # Read every key first (an unread key is "unknown"), then let the environment win.
+    url, user, password = (a.scalar("url", "http://127.0.0.1:8088"), a.scalar("user", "ivr"),
+                           a.scalar("password", ""))
     ari = AriConfig(
         url=env.get("IVR_ARI_URL") or url,
         user=env.get("IVR_ARI_USER") or user,
@@ -684,33 +300,35 @@ def loads(text: str, base_dir: Path = Path("."), env: Mapping[str, str] | None =
     if not _NAME.match(ari.app):
         raise a.err("app", "must be a short name of letters, digits, _ . -")
     a.check_unknown()
+    return ari
 
-    # ---- http
+
+def _http(root: Doc, env: Mapping[str, str]) -> HttpConfig:
     h = root.sub("http", required=False)
-    if h is not None:
-        bind = h.scalar("bind", "127.0.0.1")
-        port = _int(h, "port", 8080, 1, 65535)
-        token = h.scalar("api_token", "")
-        token = env.get("IVR_API_TOKEN") or token
-        try:
-            ipaddress.ip_address(bind)
-        except ValueError:
-            raise h.err("bind", f"must be an IP address, not {bind!r}") from None
-        h.check_unknown()
-    else:
-        bind, port, token = "127.0.0.1", 8080, env.get("IVR_API_TOKEN", "")
-    http = HttpConfig(bind=bind, port=port, api_token=token)
+    if h is None:
+        return HttpConfig(bind="127.0.0.1", port=8080, api_token=env.get("IVR_API_TOKEN", ""))
+    bind = h.scalar("bind", "127.0.0.1")
+    port = integer(h, "port", 8080, 1, 65535)
+    token = h.scalar("api_token", "")
+    token = env.get("IVR_API_TOKEN") or token
+    try:
+        ipaddress.ip_address(bind)
+    except ValueError:
+        raise h.err("bind", f"must be an IP address, not {bind!r}") from None
+    h.check_unknown()
+    return HttpConfig(bind=bind, port=port, api_token=token)
 
-    # ---- store
+
+def _store(root: Doc, base_dir: Path) -> Path:
     s = root.sub("store", required=False)
-    store_path = Path("ivr.sqlite3")
+    path = Path("ivr.sqlite3")
     if s is not None:
-        store_path = Path(s.scalar("path", "ivr.sqlite3"))
+        path = Path(s.scalar("path", "ivr.sqlite3"))
         s.check_unknown()
-    if not store_path.is_absolute():
-        store_path = base_dir / store_path
+    return path if path.is_absolute() else base_dir / path
 
-    # ---- prompts
+
+def _prompts(root: Doc, base_dir: Path) -> PromptConfig:
     p = root.sub("prompts", required=False)
     pdir, adir, lang = "prompts", "", "en"
     if p is not None:
@@ -719,109 +337,108 @@ def loads(text: str, base_dir: Path = Path("."), env: Mapping[str, str] | None =
         lang = p.scalar("language", "en")
         p.check_unknown()
     prompt_dir = Path(pdir) if Path(pdir).is_absolute() else base_dir / pdir
-    dir_line = lines.get("prompts.dir", lines.get("prompts"))
-    manifest = prompt_dir / "manifest.yaml"
-    if not _is_file(manifest):
-        raise ConfigError(f"no prompt manifest at {manifest}", "prompts.dir", dir_line)
-    files = _load_manifest(manifest, dir_line)
+    line = root.lines.get("prompts.dir", root.lines.get("prompts"))
+    files = load_manifest(prompt_dir / "manifest.yaml", line)
+    return PromptConfig(dir=prompt_dir, asterisk_dir=adir or str(prompt_dir.resolve()),
+                        language=lang, files=files)
 
-    # ---- outbound
+
+def _outbound(root: Doc) -> OutboundConfig:
     o = root.sub("outbound")
-    assert o is not None
     outbound = OutboundConfig(dial=_dial(o),
-                              dial_timeout=_duration(o, "dial_timeout", "30s", 1, 300))
+                              dial_timeout=duration(o, "dial_timeout", "30s", 1, 300))
     o.check_unknown()
+    return outbound
 
-    # ---- queues
+
+def _policy(q: Doc, name: str) -> QueuePolicy:
+    """The engine's rules; their ranges live in ``QueuePolicy`` (one home)."""
+    max_waiting = integer(q, "max_waiting", None) if q.has("max_waiting") else None
+    q.used.add("max_waiting")
+    max_ewt = opt_duration(q, "max_ewt")
+    if max_waiting is None and max_ewt is None:
+        raise q.err("max_waiting", "set max_waiting, max_ewt or both (the overflow condition)")
+    try:
+        return QueuePolicy(
+            name=name,
+            max_waiting=max_waiting,
+            max_ewt=max_ewt,
+            retry_interval=duration(q, "retry_interval", "10m"),
+            max_attempts=integer(q, "max_attempts", 3),
+            expire_after=duration(q, "expire_after", "7d"),
+        )
+    except PolicyError as exc:
+        raise q.err(exc.field, exc.reason) from None
+
+
+def _queue_prompts(q: Doc, prompts: PromptConfig) -> dict[str, str]:
+    overrides: dict[str, str] = {}
+    pr = q.sub("prompts", required=False)
+    if pr is not None:
+        for pid in list(pr.items):
+            if pid not in PROMPT_IDS:
+                raise pr.err(pid, f"unknown prompt id (known: {', '.join(PROMPT_IDS)})")
+            rel = pr.scalar(pid)
+            if not file_exists(prompts.dir, rel):
+                raise pr.err(pid, f"prompt file {prompts.dir / rel}.wav does not exist")
+            overrides[pid] = rel
+    return overrides
+
+
+def _queue(name: str, q: Doc, region: str, prompts: PromptConfig) -> QueueConfig:
+    did = q.scalar("did")
+    hours_doc = q.sub("hours", required=False)
+    qregion = _region(q, region)
+    queue = QueueConfig(
+        name=name,
+        did=did,
+        caller_id=q.scalar("caller_id", did),
+        moh_class=q.scalar("moh_class", "default"),
+        language=q.scalar("language", prompts.language),
+        policy=_policy(q, name),
+        region=qregion,
+        callback_regions=_regions(q, "callback_regions", (qregion,)),
+        number_types=_number_types(q),
+        first_offer_after=duration(q, "first_offer_after", "30s", 0.1, 3600),
+        repeat_offer_every=duration(q, "repeat_offer_every", "120s", 0.1, 3600),
+        allowed_numbers=_patterns(q, "allowed_numbers"),
+        denied_numbers=_patterns(q, "denied_numbers"),
+        alternate_number=boolean(q, "alternate_number", False),
+        ring_timeout=duration(q, "ring_timeout", "20s", 1, 300),
+        preview_timeout=duration(q, "preview_timeout", "20s", 1, 300),
+        verify_customer=boolean(q, "verify_customer", False),
+        wrap_up=duration(q, "wrap_up", "10s", 0, 3600),
+        hours=_hours(hours_doc) if hours_doc is not None else None,
+        stop_offers_before_close=duration(q, "stop_offers_before_close", "0s", 0, 86400),
+        prompts=_queue_prompts(q, prompts),
+    )
+    q.check_unknown()
+    try:
+        queue.number_guard()
+    except ValueError as exc:  # every part was checked above; this is the backstop
+        raise ConfigError(f"bad number policy: {exc}", q.path, q.line) from None
+    return queue
+
+
+def _queues(root: Doc, region: str, prompts: PromptConfig) -> dict[str, QueueConfig]:
     qd = root.sub("queues")
-    assert qd is not None
     queues: dict[str, QueueConfig] = {}
     dids: dict[str, str] = {}
-    languages = {lang}
     for name, q in qd.children():
         if not _NAME.match(name):
             raise qd.err(name, "queue names are letters, digits, _ . - (max 64)")
-        did = q.scalar("did")
-        if did in dids:
-            raise q.err("did", f"already used by queue {dids[did]}")
-        dids[did] = name
-        max_waiting = _int(q, "max_waiting", None, 1, 100) if q.has("max_waiting") else None
-        q.used.add("max_waiting")
-        max_ewt = _opt_duration(q, "max_ewt", 30, 3600)
-        qregion = _region(q, region)
-        callback_regions = _regions(q, "callback_regions", (qregion,))
-        number_types = _number_types(q)
-        allowed = _patterns(q, "allowed_numbers")
-        denied = _patterns(q, "denied_numbers")
-        hours_doc = q.sub("hours", required=False)
-        overrides: dict[str, str] = {}
-        pr = q.sub("prompts", required=False)
-        if pr is not None:
-            for pid in list(pr.items):
-                if pid not in PROMPT_IDS:
-                    raise pr.err(pid, f"unknown prompt id (known: {', '.join(PROMPT_IDS)})")
-                rel = pr.scalar(pid)
-                if not _prompt_file_exists(prompt_dir, rel):
-                    raise pr.err(pid, f"prompt file {prompt_dir / rel}.wav does not exist")
-                overrides[pid] = rel
-        qlang = q.scalar("language", lang)
-        languages.add(qlang)
-        queues[name] = QueueConfig(
-            name=name,
-            did=did,
-            caller_id=q.scalar("caller_id", did),
-            moh_class=q.scalar("moh_class", "default"),
-            language=qlang,
-            max_waiting=max_waiting,
-            max_ewt=max_ewt,
-            region=qregion,
-            callback_regions=callback_regions,
-            number_types=number_types,
-            first_offer_after=_duration(q, "first_offer_after", "30s", 0.1, 3600),
-            repeat_offer_every=_duration(q, "repeat_offer_every", "120s", 0.1, 3600),
-            allowed_numbers=allowed,
-            denied_numbers=denied,
-            alternate_number=_bool(q, "alternate_number", False),
-            retry_interval=_duration(q, "retry_interval", "10m", 0.1, 86400),
-            max_attempts=_int(q, "max_attempts", 3, 1, 20),
-            expire_after=_duration(q, "expire_after", "7d", 1, 90 * 86400),
-            ring_timeout=_duration(q, "ring_timeout", "20s", 1, 300),
-            preview_timeout=_duration(q, "preview_timeout", "20s", 1, 300),
-            verify_customer=_bool(q, "verify_customer", False),
-            wrap_up=_duration(q, "wrap_up", "10s", 0, 3600),
-            hours=_hours(hours_doc) if hours_doc is not None else None,
-            stop_offers_before_close=_duration(q, "stop_offers_before_close", "0s", 0, 86400),
-            prompts=overrides,
-        )
-        if max_waiting is None and max_ewt is None:
-            raise q.err("max_waiting", "set max_waiting, max_ewt or both (the overflow condition)")
-        q.check_unknown()
-        try:
-            queues[name].number_guard()
-        except ValueError as exc:  # every part was checked above; this is the backstop
-            raise qd.err(name, f"bad number policy: {exc}") from None
+        queue = _queue(name, q, region, prompts)
+        if queue.did in dids:
+            raise q.err("did", f"already used by queue {dids[queue.did]}")
+        dids[queue.did] = name
+        queues[name] = queue
     if not queues:
         raise root.err("queues", "define at least one queue")
+    return queues
 
-    for language in sorted(languages):
-        have = files.get(language)
-        if have is None:
-            raise ConfigError(f"no prompts for language {language!r} in {manifest}",
-                              "prompts.language", lines.get("prompts.language", dir_line))
-        for pid in PROMPT_IDS:
-            if pid not in have:
-                raise ConfigError(f"prompt {pid!r} missing for {language!r} in {manifest}",
-                                  "prompts.dir", dir_line)
-            if not _prompt_file_exists(prompt_dir, have[pid]):
-                raise ConfigError(f"prompt file {prompt_dir / have[pid]}.wav does not exist",
-                                  "prompts.dir", dir_line)
-    prompts = PromptConfig(
-        dir=prompt_dir, asterisk_dir=adir or str(prompt_dir.resolve()), language=lang, files=files
-    )
 
-    # ---- agents
+def _agents(root: Doc, queues: Mapping[str, QueueConfig]) -> dict[str, AgentConfig]:
     ad = root.sub("agents")
-    assert ad is not None
     agents: dict[str, AgentConfig] = {}
     endpoints: dict[str, str] = {}
     for aid, ag in ad.children():
@@ -841,22 +458,56 @@ def loads(text: str, base_dir: Path = Path("."), env: Mapping[str, str] | None =
                 raise ag.err("queues", f"unknown queue {qn!r}")
         agents[aid] = AgentConfig(aid, ag.scalar("name", aid), endpoint, served)
         ag.check_unknown()
+    return agents
 
-    log_level = root.scalar("log_level", "INFO").upper()
-    if log_level not in ("DEBUG", "INFO", "WARNING", "ERROR"):
+
+def _log_level(root: Doc) -> str:
+    level = root.scalar("log_level", "INFO").upper()
+    if level not in ("DEBUG", "INFO", "WARNING", "ERROR"):
         raise root.err("log_level", "must be DEBUG, INFO, WARNING or ERROR")
+    return level
+
+
+# --------------------------------------------------------------------------- loading
+
+
+def load(path: str | Path, env: Mapping[str, str] | None = None) -> Config:
+    """Read and validate a configuration file. Raises ``ConfigError``."""
+    path = Path(path)
+    try:
+        data = path.read_bytes()
+    except OSError as exc:
+        raise ConfigError(f"cannot read {path}: {exc.strerror or exc}") from None
+    except ValueError as exc:  # e.g. a NUL in the path
+        raise ConfigError(f"cannot read {path!r}: {exc}") from None
+    text = decode(data, str(path))
+    return loads(text, base_dir=path.parent, env=os.environ if env is None else env)
+
+
+def loads(text: str, base_dir: Path = Path("."), env: Mapping[str, str] | None = None) -> Config:
+    env = env if env is not None else {}
+    try:
+        node = yaml.compose(text, Loader=SafeLoader)
+    except (yaml.YAMLError, RecursionError) as exc:
+        raise yaml_error(exc, text) from None
+    if not isinstance(node, yaml.MappingNode):
+        raise ConfigError("the file must be a YAML mapping (ari:, queues:, agents: ...)")
+    lines: dict[str, int] = {}
+    root = Doc(node, "", lines)
+    region = _region(root, None)
+    ari = _ari(root, env)
+    http = _http(root, env)
+    store_path = _store(root, base_dir)
+    prompts = _prompts(root, base_dir)
+    outbound = _outbound(root)
+    queues = _queues(root, region, prompts)
+    check_languages(prompts, {prompts.language, *(q.language for q in queues.values())}, lines)
+    agents = _agents(root, queues)
+    log_level = _log_level(root)
     root.check_unknown()
-    return Config(
-        ari=ari,
-        http=http,
-        store_path=store_path,
-        prompts=prompts,
-        outbound=outbound,
-        queues=queues,
-        agents=agents,
-        log_level=log_level,
-        lines=lines,
-    )
+    return Config(ari=ari, http=http, store_path=store_path, prompts=prompts,
+                  outbound=outbound, queues=queues, agents=agents, log_level=log_level,
+                  lines=lines)
 
 
 def as_dict(cfg: Config) -> dict[str, Any]:

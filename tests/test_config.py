@@ -14,7 +14,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from ivr.config import BusinessHours, ConfigError, load, loads, parse_duration
+from ivr.config import ConfigError, load, loads, parse_duration
+from ivr.domain.hours import BusinessHours
 from ivr.domain.numbers import DEFAULT_TYPES, NUMBER_TYPES, parse
 
 REPO = Path(__file__).resolve().parent.parent
@@ -25,7 +26,7 @@ def test_example_loads() -> None:
     cfg = load(REPO / "config.example.yaml", env={})
     q = cfg.queues["support"]
     assert q.first_offer_after == 30 and q.repeat_offer_every == 120
-    assert q.max_waiting == 5 and q.max_ewt == 300
+    assert q.policy.max_waiting == 5 and q.policy.max_ewt == 300
     assert q.hours is not None and q.hours.days[0]
     assert cfg.agents["alice"].queues == ("support",)
     assert cfg.prompts.uri("offer").endswith("/en/offer")

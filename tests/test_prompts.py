@@ -14,7 +14,7 @@ from pathlib import Path, PurePosixPath
 import pytest
 import yaml
 
-from ivr.config import PROMPT_IDS
+from ivr.prompts import PROMPT_IDS
 
 PROMPTS_DIR = Path(__file__).resolve().parent.parent / "prompts"
 MANIFEST = PROMPTS_DIR / "manifest.yaml"

@@ -15,12 +15,12 @@ from ivr.domain.items import (
     WorkItem,
 )
 from ivr.domain.numbers import DEFAULT_TYPES, NumberGuard, PhoneNumber, parse
+from ivr.domain.policy import PolicyError, QueuePolicy
 from ivr.domain.queues import (
     DuplicateCallback,
     InvalidTransition,
     QueueEngine,
     QueueError,
-    QueuePolicy,
     UnknownItem,
     UnknownQueue,
 )
@@ -37,6 +37,7 @@ __all__ = [
     "Kind",
     "NumberGuard",
     "PhoneNumber",
+    "PolicyError",
     "QueueEngine",
     "QueueError",
     "QueuePolicy",

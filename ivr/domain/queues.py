@@ -22,7 +22,6 @@ import heapq
 import math
 from collections import OrderedDict
 from collections.abc import Collection, Iterable, Mapping
-from dataclasses import dataclass
 
 from ivr.domain.ewt import DequeueEstimator
 from ivr.domain.items import (
@@ -34,6 +33,7 @@ from ivr.domain.items import (
     new_item_id,
 )
 from ivr.domain.order_index import Key, OrderIndex
+from ivr.domain.policy import QueuePolicy
 
 # Closed items are dropped from memory (the store has them); a bounded tail is kept so
 # get() still answers for an item that closed a moment ago (e.g. a late agent event).
@@ -77,37 +77,6 @@ class DuplicateCallback(QueueError):
     def __init__(self, existing: WorkItem) -> None:
         self.existing = existing
         super().__init__(f"callback {existing.id} already scheduled in queue {existing.queue}")
-
-
-@dataclass(frozen=True)
-class QueuePolicy:
-    name: str
-    max_waiting: int | None = None  # R2: overflow when waiting items exceed this (1-100)
-    max_ewt: float | None = None  # R2: overflow when EWT exceeds this, seconds (30-3600)
-    retry_interval: float = 600.0  # R10
-    max_attempts: int = 3  # R10
-    expire_after: float = 7 * 86400.0  # R14
-    ewt_alpha: float = 0.25  # app_queue's (old*3 + new)/4 weighting; see ewt.py
-    initial_dequeue_interval: float = 60.0  # per-agent EWT prior before the first sample
-
-    def __post_init__(self) -> None:
-        # Messages name the key so config errors read as one clear line (R22).
-        if not self.name:
-            raise ValueError("queue name must not be empty")
-        if self.max_waiting is not None and not 1 <= self.max_waiting <= 100:
-            raise ValueError(f"queue {self.name}: max_waiting must be 1-100")
-        if self.max_ewt is not None and not 30 <= self.max_ewt <= 3600:
-            raise ValueError(f"queue {self.name}: max_ewt must be 30-3600 seconds")
-        if not self.retry_interval > 0:
-            raise ValueError(f"queue {self.name}: retry_interval must be > 0")
-        if self.max_attempts < 1:
-            raise ValueError(f"queue {self.name}: max_attempts must be >= 1")
-        if not self.expire_after > 0:
-            raise ValueError(f"queue {self.name}: expire_after must be > 0")
-        if not 0 < self.ewt_alpha <= 1:
-            raise ValueError(f"queue {self.name}: ewt_alpha must be in (0, 1]")
-        if not self.initial_dequeue_interval > 0:
-            raise ValueError(f"queue {self.name}: initial_dequeue_interval must be > 0")
 
 
 class _Queue:
