@@ -17,10 +17,11 @@ from aiohttp import web
 
 from ivr.ari import AriClient, ConnectHandler
 from ivr.config import Config
+from ivr.domain.agents import AgentBoard
 from ivr.domain.items import SystemClock
 from ivr.domain.queues import QueueEngine
-from ivr.flows.agents import Dispatcher
 from ivr.flows.context import FlowContext
+from ivr.flows.dispatcher import Dispatcher
 from ivr.flows.switchboard import Switchboard
 from ivr.store import SqliteStore
 from ivr.web.api import make_web_app
@@ -95,10 +96,12 @@ class Service:
     def __init__(self, cfg: Config, *, ari: AriClient | None = None) -> None:
         self.cfg = cfg
         self.ari = ari or AriClient(cfg.ari.url, cfg.ari.user, cfg.ari.password, cfg.ari.app)
-        self.engine = QueueEngine([q.policy for q in cfg.queues.values()], SystemClock())
+        self.clock = SystemClock()
+        self.engine = QueueEngine([q.policy for q in cfg.queues.values()], self.clock)
         self.store: SqliteStore | None = None
         self.ctx: FlowContext | None = None
         self.switchboard: Switchboard | None = None
+        self.board = AgentBoard(cfg.agents.values(), self.clock)
         self.dispatcher: Dispatcher | None = None
         self._events: asyncio.Task[None] | None = None
         self._on_connect: ConnectHandler | None = None
@@ -117,11 +120,9 @@ class Service:
         # R20/R21: the queues are rebuilt from the store before any call is taken.
         self.engine.restore(await self.store.load_open())
         await self.store.save(self.engine.drain_changes())
-        self.ctx = FlowContext(self.cfg, self.ari, self.engine, self.store)
+        self.ctx = FlowContext(self.cfg, self.ari, self.engine, self.store, self.clock)
         self.switchboard = Switchboard(self.ctx)
-        self.dispatcher = Dispatcher(self.ctx, self.switchboard)
-        self.ctx.on_work_changed = self.dispatcher.kick
-        self.ctx.on_item_closed = self.dispatcher.item_closed
+        self.dispatcher = Dispatcher(self.ctx, self.switchboard, self.board)
 
         async def on_connect(reconnected: bool) -> None:
             assert self.switchboard is not None and self.dispatcher is not None
@@ -134,7 +135,7 @@ class Service:
         self.dispatcher.start()
         if http:
             self.web_token = api_token(self.cfg)
-            app = make_web_app(self.ctx, self.dispatcher, token=self.web_token,
+            app = make_web_app(self.ctx, self.board, token=self.web_token,
                                health=self.health)
             self._runner = web.AppRunner(app)
             await self._runner.setup()

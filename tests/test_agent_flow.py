@@ -11,8 +11,8 @@ from typing import Any
 import pytest
 
 from ivr.app import Service, running
+from ivr.domain.agents import AgentStatus
 from ivr.domain.items import Kind, State
-from ivr.flows.agents import AgentStatus
 from ivr.sandbox import AsteriskInstance
 from tests.appcfg import write_config
 from tests.observer import AriObserver, Event
@@ -52,12 +52,10 @@ async def service(
         cm = running(cfg)
         svc = await cm.__aenter__()
         stack.append(cm)
-        assert svc.dispatcher is not None
-        d = svc.dispatcher
         if wait_reachable:
-            await until(lambda: all(a.reachable for a in d.agents.values()))
+            await until(lambda: all(a.reachable for a in svc.board))
         for name in not_ready:
-            svc.dispatcher.set_ready(name, False)
+            svc.board.set_ready(name, False)
         return svc
 
     yield start
@@ -66,8 +64,7 @@ async def service(
 
 
 def status(svc: Service, agent: str) -> AgentStatus:
-    assert svc.dispatcher is not None
-    return svc.dispatcher.agents[agent].status
+    return svc.board.get(agent).status
 
 
 def bridged(obs: AriObserver, chan: str) -> list[Event]:
@@ -145,8 +142,7 @@ async def test_offer_stops_when_an_agent_takes_the_caller(
     caller.start()
     chan, _ = await caller_channel(ari_observer, "2015550202")
     await until(lambda: bool(playbacks(ari_observer, chan, "en/offer")))
-    assert svc.dispatcher is not None
-    svc.dispatcher.set_ready("agent1", True)
+    svc.board.set_ready("agent1", True)
     stopped = await ari_observer.wait_for(
         lambda e: is_playback(e, "PlaybackFinished", chan, "en/offer"))
     started = playbacks(ari_observer, chan, "en/offer")[0]
@@ -186,8 +182,7 @@ async def test_no_answer_moves_on_and_sets_agent_not_ready(
     caller.start()
     await silent.wait_for_calls(1, 20)
     await until(lambda: status(svc, "agent1") == AgentStatus.NOT_READY, timeout=15)
-    assert svc.dispatcher is not None
-    svc.dispatcher.set_ready("agent2", True)
+    svc.board.set_ready("agent2", True)
     await other.wait_for_calls(1, 20, lambda c: c.answered_at is not None)
     assert (await caller.wait(30)).hung_up_by == "them"
     assert len(silent.calls()) == 1
@@ -211,8 +206,7 @@ async def test_full_direct_callback(
     carrier = sip_carrier(behaviours=CallBehaviour(answer_after=0.5, hangup_after=2.0))
     await request_callback(asterisk, ari_observer, "7205", "2015550205")
     assert carrier.calls() == [] and phone.calls() == []
-    assert svc.dispatcher is not None
-    svc.dispatcher.set_ready("agent1", True)
+    svc.board.set_ready("agent1", True)
 
     [offer] = await phone.wait_for_calls(1, 20, lambda c: c.answered_at is not None)
     assert offer.header("X-Work-Type") == "callback"
@@ -259,8 +253,7 @@ async def test_decline_goes_to_next_agent_and_silent_agent_goes_not_ready(
     taker = sip_phone("agent3", behaviours=ACCEPT)
     carrier = sip_carrier(behaviours=CallBehaviour(answer_after=0.3, hangup_after=1.0))
     await request_callback(asterisk, ari_observer, "7206", "2015550206")
-    d = svc.dispatcher
-    assert d is not None
+    d = svc.board
     d.set_ready("agent1", True)
     await decliner.wait_for_calls(1, 20)
     # agent2 becomes free while agent1 previews; agent1's 2 sends the item to agent2.
@@ -304,8 +297,7 @@ async def test_customer_no_answer_then_busy_retries_then_fails(
     phone = sip_phone("agent1", behaviours=ACCEPT)
     carrier = sip_carrier(behaviours=[RING_FOREVER, BUSY])
     await request_callback(asterisk, ari_observer, "7207", "2015550207")
-    assert svc.dispatcher is not None
-    svc.dispatcher.set_ready("agent1", True)
+    svc.board.set_ready("agent1", True)
     calls = await carrier.wait_for_calls(2, 60, lambda c: c.ended)
     assert calls[0].cancelled_at is not None  # no answer within dial_timeout (5 s)
     assert calls[1].rejected_with == 486
@@ -344,9 +336,8 @@ async def test_order_two_callbacks_and_one_inbound_two_agents(
     assert [(i.number, i.kind) for i in queue] == [
         ("+12015550281", Kind.CALLBACK), ("+12015550282", Kind.INBOUND),
         ("+12015550283", Kind.CALLBACK)]
-    assert svc.dispatcher is not None
-    svc.dispatcher.set_ready("agent1", True)
-    svc.dispatcher.set_ready("agent2", True)
+    svc.board.set_ready("agent1", True)
+    svc.board.set_ready("agent2", True)
     await until(lambda: len(p1.calls()) + len(p2.calls()) == 3, timeout=60)
     # One pass, two free agents: the longest idle (agent1) gets the earliest item, agent2
     # the next; the third goes out only when one of them is free again.
@@ -377,8 +368,7 @@ async def test_hangups_mid_preview_and_mid_dial_lose_nothing(
     ])
     carrier = sip_carrier(behaviours=RING_FOREVER)
     await request_callback(asterisk, ari_observer, "7209", "2015550209")
-    assert svc.dispatcher is not None
-    svc.dispatcher.set_ready("agent1", True)
+    svc.board.set_ready("agent1", True)
     await phone.wait_for_calls(1, 20, lambda c: c.ended)
     assert carrier.calls() == []
     # The agent hung up on the preview: declined-like, so they stay available.
@@ -410,8 +400,7 @@ async def test_verify_customer_press_1_before_bridge(
         CallBehaviour(answer_after=0.3, digits=[(1.0, "1")], hangup_after=3.0),
     ])
     caller_chan = await request_callback(asterisk, ari_observer, "7210", "2015550210")
-    assert svc.dispatcher is not None
-    svc.dispatcher.set_ready("agent1", True)
+    svc.board.set_ready("agent1", True)
     calls = await carrier.wait_for_calls(2, 60, lambda c: c.ended)
     assert calls[0].bye_received_at is not None  # we hung up the unverified answer
     cust2 = ari_observer.find(lambda e: e.get("type") == "ChannelDtmfReceived"
@@ -445,8 +434,7 @@ async def test_callbacks_wait_for_business_hours_live_callers_do_not(
     live = SipCaller(asterisk, "7211", caller="2015550212", max_duration=30)
     live.start()
     await caller_channel(ari_observer, "2015550212")
-    assert svc.dispatcher is not None
-    svc.dispatcher.set_ready("agent1", True)
+    svc.board.set_ready("agent1", True)
     [call] = await phone.wait_for_calls(1, 20, lambda c: c.ended)
     assert call.from_number == "+12015550212" and call.header("X-Work-Type") == "inbound"
     assert (await live.wait(30)).hung_up_by == "them"
@@ -507,8 +495,7 @@ async def test_agent_phone_busy_is_a_decline_not_silence(
     [rejected] = await rejecting.wait_for_calls(1, 20, lambda c: c.ended)
     assert rejected.rejected_with == 486
     await until(lambda: status(svc, "agent1") == AgentStatus.NOT_READY)
-    assert svc.dispatcher is not None
-    svc.dispatcher.set_ready("agent2", True)
+    svc.board.set_ready("agent2", True)
     await other.wait_for_calls(1, 20, lambda c: c.answered_at is not None)
     assert (await caller.wait(30)).hung_up_by == "them"
     assert status(svc, "agent1") == AgentStatus.NOT_READY
@@ -533,8 +520,7 @@ async def test_caller_entering_another_number_is_not_taken_by_an_agent_meanwhile
     caller.start()
     chan, _ = await caller_channel(ari_observer, "2015550216")
     await until(lambda: bool(playbacks(ari_observer, chan, "en/enter_number")))
-    assert svc.dispatcher is not None
-    svc.dispatcher.set_ready("agent1", True)
+    svc.board.set_ready("agent1", True)
     result = await caller.wait(40)
     assert result.hung_up_by == "them" and result.bye_received_at is not None
     [offer] = await phone.wait_for_calls(1, 30)

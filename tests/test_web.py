@@ -13,7 +13,7 @@ import aiohttp
 import pytest
 
 from ivr.app import running
-from ivr.flows.agents import AgentStatus
+from ivr.domain.agents import AgentStatus
 from ivr.sandbox import AsteriskInstance, free_port
 from tests.appcfg import write_config
 from tests.fakeari import FakeAri, service_on
@@ -29,7 +29,6 @@ async def test_api_auth_agent_state_and_bad_requests(
     base = f"http://127.0.0.1:{port}"
     auth = {"Authorization": "Bearer t0ken-for-tests"}
     async with running(cfg, http=True) as svc, aiohttp.ClientSession() as http:
-        assert svc.dispatcher is not None
         async with http.get(f"{base}/healthz") as r:
             assert r.status == 200 and (await r.json())["ari_connected"] is True
         for path in ("/api/queues", "/api/agents", "/metrics"):
@@ -43,7 +42,7 @@ async def test_api_auth_agent_state_and_bad_requests(
         url = f"{base}/api/agents/agent5/state"
         async with http.post(url, headers=auth, json={"ready": False}) as r:
             assert r.status == 200 and (await r.json())["status"] == "not_ready"
-        assert svc.dispatcher.agents["agent5"].status == AgentStatus.NOT_READY
+        assert svc.board.get("agent5").status == AgentStatus.NOT_READY
         bads: list[object] = [{"ready": "yes"}, [], {"nope": 1}]
         for bad in bads:
             async with http.post(url, headers=auth, json=bad) as r:
@@ -53,7 +52,7 @@ async def test_api_auth_agent_state_and_bad_requests(
             assert r.status == 400
         async with http.post(url, headers=auth, data=b"{not json") as r:
             assert r.status == 415  # application/octet-stream
-        assert svc.dispatcher.agents["agent5"].status == AgentStatus.NOT_READY  # unchanged
+        assert svc.board.get("agent5").status == AgentStatus.NOT_READY  # unchanged
         async with http.post(f"{base}/api/agents/ghost/state", headers=auth,
                              json={"ready": True}) as r:
             assert r.status == 404
@@ -124,9 +123,8 @@ async def test_malformed_authorization_is_401(fake: FakeAri, tmp_path: Path) -> 
 async def test_malformed_json_bodies_are_4xx(fake: FakeAri, tmp_path: Path) -> None:
     async with service_on(fake, tmp_path, token=TOKEN, agents=AGENT) as (svc, base), \
             aiohttp.ClientSession() as http:
-        assert svc.dispatcher is not None
         url = f"{base}/api/agents/agent5/state"
-        before = svc.dispatcher.agents["agent5"].status
+        before = svc.board.get("agent5").status
         js = {**AUTH, "Content-Type": "application/json"}
         cases: list[tuple[dict[str, str], bytes, int, str]] = [
             (js, b"{not json", 400, "JSON"),
@@ -163,7 +161,7 @@ async def test_malformed_json_bodies_are_4xx(fake: FakeAri, tmp_path: Path) -> N
 
         async with http.post(url, headers=js, data=chunks()) as r:
             assert r.status == 413
-        assert svc.dispatcher.agents["agent5"].status == before  # nothing changed
+        assert svc.board.get("agent5").status == before  # nothing changed
         # A charset parameter and a +json type are fine; so is no Content-Type at all.
         async with http.post(url, headers={**AUTH, "Content-Type":
                                            "application/json; charset=utf-8"},
@@ -210,12 +208,11 @@ async def test_a_handler_bug_is_a_generic_500(
 ) -> None:
     async with service_on(fake, tmp_path, token=TOKEN, agents=AGENT) as (svc, base), \
             aiohttp.ClientSession() as http:
-        assert svc.dispatcher is not None
 
         def broken(agent_id: str, ready: bool) -> None:
             raise KeyError("secret detail 5551234")
 
-        monkeypatch.setattr(svc.dispatcher, "set_ready", broken)
+        monkeypatch.setattr(svc.board, "set_ready", broken)
         async with http.post(f"{base}/api/agents/agent5/state", headers=AUTH,
                              json={"ready": True}) as r:
             text = await r.text()

@@ -9,15 +9,15 @@ original arrival time, so its place in the queue does not move.
 
 from __future__ import annotations
 
-import asyncio
 import logging
 
 from ivr import ari
 from ivr.config import QueueConfig
+from ivr.domain import events
 from ivr.domain.items import State, WorkItem
 from ivr.domain.queues import DuplicateCallback, InvalidTransition
 from ivr.flows.context import FlowContext
-from ivr.flows.session import ChannelSession, Hangup, Message, say_digits
+from ivr.flows.session import ChannelSession, Handover, Hangup, Item, Message, say_digits
 
 log = logging.getLogger("ivr.flows.caller")
 
@@ -40,7 +40,7 @@ class CallerSession(ChannelSession):
         *,
         adopted: bool = False,
     ) -> None:
-        super().__init__(ctx.ari, channel.id, log)
+        super().__init__(ctx.ari, channel.id, log, ctx.clock)
         self.adopted = adopted
         self.ctx = ctx
         self.channel = channel
@@ -48,12 +48,11 @@ class CallerSession(ChannelSession):
         self.item = item
         self.moh_on = False
         self.offered = False
-        #: set when an agent leg takes this caller over (bridged); the agent flow owns it then
-        self.connected = False
-        #: the agent leg we are bridged with, told when we hang up
-        self.peer: ChannelSession | None = None
-        #: an agent may take this caller now (waiting on hold or hearing the offer)
-        self.connectable = False
+        #: R9: an agent leg may take this caller now (on hold or hearing the offer); a
+        #: handover offered at any other moment is refused at once
+        self.takes_handovers = False
+        #: the accepted handover: the agent leg owns the channel from then on
+        self.handover: Handover | None = None
 
     # ------------------------------------------------------------------ top level
 
@@ -73,7 +72,7 @@ class CallerSession(ChannelSession):
     async def refuse_unknown_queue(self) -> None:
         self.log.error("Stasis argument names no configured queue: %r; hanging up politely",
                        self.queue_name)
-        self.ctx.counters.inc("unknown_queue")
+        self.ctx.publish(events.CallToUnknownQueue(queue=self.queue_name))
         await self.quietly(self.ari.answer(self.channel_id))
         await self.play_until([self.ctx.prompt(None, "unavailable")])
         await self.hangup()
@@ -94,12 +93,12 @@ class CallerSession(ChannelSession):
                 arrived_at=(self.channel.created_at or None) if self.adopted else None,
             )
             await self.ctx.commit()
-            self.ctx.counters.inc("arrivals")
+            self.ctx.publish(events.CallerArrived(q.name, self.item.id))
         self.extra["item"] = self.item.id[:12]
         self.log.info("caller waiting in %s at position %d", q.name,
                       self.ctx.engine.position(self.item.id))
         await self.music(q, on=True)
-        self.ctx.on_work_changed()
+        self.ctx.publish(events.WorkChanged(q.name, self.item.id))
 
     async def on_crash(self) -> None:
         await self.left()
@@ -108,31 +107,28 @@ class CallerSession(ChannelSession):
         """The caller hung up. A live item leaves the queue (abandoned); a callback that
         was committed before stays exactly where it is."""
         item = self.item
-        if self.connected and self.peer is not None:
-            self.peer.deliver(Message("peer_gone"))
+        if self.handover is not None:
+            self.handover.caller_gone()
         if item is None:
             return
         current = self.ctx.engine.get(item.id)
         if current.state in OPEN_LIVE:
             self.ctx.engine.abandon(item.id)
             await self.ctx.commit()
-            self.ctx.counters.inc("abandoned")
-            self.ctx.on_item_closed(current)
+            self.ctx.publish(events.CallerAbandoned(item.queue, item.id))
+            self.ctx.publish(events.ItemClosed(item.queue, item.id))
             self.log.info("caller hung up while waiting: abandoned")
 
     # ------------------------------------------------------------------ waiting
 
-    async def next(self, deadline: float | None = None) -> ari.Event | Message | None:
-        """As ``ChannelSession.next``; a connect request that arrives where the flow
-        cannot take it (entering another number, hearing the confirmation) is refused
-        at once so the agent leg returns the offer instead of waiting for nothing."""
-        while True:
-            ev = await super().next(deadline)
-            if isinstance(ev, Message) and ev.kind == "connect" and not self.connectable:
-                if ev.reply is not None and not ev.reply.done():
-                    ev.reply.set_result(False)
-                continue
-            return ev
+    def deliver(self, item: Item) -> None:
+        """A handover that arrives where the flow cannot take it (entering another
+        number, hearing the confirmation) is refused at once, so the agent leg returns
+        the offer instead of waiting for nothing."""
+        if isinstance(item, Handover) and not self.takes_handovers:
+            item.refuse()
+            return
+        super().deliver(item)
 
     async def wait_in_queue(self, q: QueueConfig) -> None:
         """R3/R5: offers at first_offer_after, then every repeat_offer_every, until the
@@ -140,20 +136,21 @@ class CallerSession(ChannelSession):
         assert self.item is not None
         next_offer = self.item.arrived_at + q.first_offer_after
         while True:
-            self.connectable = True
+            self.takes_handovers = True
             ev = await self.next(deadline=next_offer)
-            choice: str | Message | None = None
+            choice: str | Handover | None = None
             if ev is None:
                 now = self.ctx.now()
                 while next_offer <= now:
                     next_offer += q.repeat_offer_every
                 if not self.may_offer(q):
                     continue
-                choice = await self.offer(q)
+                played = await self.offer(q)
+                choice = played if isinstance(played, str | Handover) else None
                 if choice == "":
                     await self.music(q, on=True)
                     continue
-            elif isinstance(ev, Message) and ev.kind == "connect":
+            elif isinstance(ev, Handover):
                 choice = ev
             elif (
                 isinstance(ev, ari.ChannelDtmfReceived)
@@ -162,10 +159,10 @@ class CallerSession(ChannelSession):
             ):
                 # R5: after the first offer, a 1 at any time counts; other keys are ignored.
                 choice = ev.digit
-            if isinstance(choice, Message):
-                await self.hand_over(choice)
+            if isinstance(choice, Handover):
+                await self.hand_over(choice, q)
                 return
-            self.connectable = False
+            self.takes_handovers = False
             if choice in ("1", "2"):
                 self.ctx.held.add(self.item.id)
                 try:
@@ -173,7 +170,7 @@ class CallerSession(ChannelSession):
                         return
                 finally:
                     self.ctx.held.discard(self.item.id)
-                    self.ctx.on_work_changed()
+                    self.ctx.publish(events.WorkChanged(q.name, self.item.id))
 
     async def choose_callback(self, q: QueueConfig, key: str) -> bool:
         """The caller pressed 1 (own number) or 2 (another number). True when the call
@@ -207,9 +204,10 @@ class CallerSession(ChannelSession):
 
     async def offer(self, q: QueueConfig) -> str | Message:
         """Stop the music, play the offer; a 1 (or 2) barges in. An agent taking the
-        caller stops the offer at once."""
+        caller (a ``Handover``) stops the offer at once."""
+        assert self.item is not None
         self.offered = True
-        self.ctx.counters.inc("offers")
+        self.ctx.publish(events.OfferPlayed(q.name, self.item.id))
         await self.music(q, on=False)
         media = [self.ctx.prompt(q, "offer")]
         digits = {"1"}
@@ -217,7 +215,8 @@ class CallerSession(ChannelSession):
             media.append(self.ctx.prompt(q, "offer_alternate"))
             digits.add("2")
         self.log.info("callback offer played")
-        return await self.play_until(media, digits, on_message=lambda m: m.kind == "connect")
+        return await self.play_until(media, digits,
+                                     on_message=lambda m: isinstance(m, Handover))
 
     async def announce(self, q: QueueConfig, prompt_id: str) -> None:
         """R3: music stops for a prompt and comes back after it."""
@@ -239,7 +238,7 @@ class CallerSession(ChannelSession):
         """R6: commit the callback at the same place, then confirm and hang up.
         Returns False when the caller has to keep waiting instead."""
         assert self.item is not None
-        self.ctx.counters.inc("callback_requests")
+        self.ctx.publish(events.CallbackRequested(q.name, self.item.id))
         if self.ctx.engine.get(self.item.id).state != State.WAITING:
             # An agent is being rung for this caller right now: the agent leg wins.
             self.log.info("key pressed while an agent is being rung; ignored")
@@ -254,10 +253,10 @@ class CallerSession(ChannelSession):
             item = self.ctx.engine.convert_to_callback(self.item.id, number)
         except DuplicateCallback:
             self.log.info("callback already scheduled for this number; caller told")
-            self.ctx.counters.inc("duplicates")
-            dup = self.ctx.engine.cancel(self.item.id, "duplicate")
+            self.ctx.publish(events.DuplicateRequest(q.name, self.item.id))
+            self.ctx.engine.cancel(self.item.id, "duplicate")
             await self.ctx.commit()
-            self.ctx.on_item_closed(dup)
+            self.ctx.publish(events.ItemClosed(q.name, self.item.id))
             await self.music(q, on=False)
             await self.final_words(q, "already_scheduled")
             return True
@@ -270,14 +269,14 @@ class CallerSession(ChannelSession):
         if not await self.ctx.commit():
             self.item = self.ctx.engine.undo_convert(item.id, self.channel_id, before_number)
             await self.ctx.commit()
-            self.ctx.counters.inc("callback_not_stored")
+            self.ctx.publish(events.CallbackNotStored(q.name, item.id))
             self.log.error("callback request not stored; the caller keeps waiting in place")
             await self.announce(q, "request_failed")
             return False
         self.item = item
-        self.ctx.counters.inc("callbacks_committed")
+        self.ctx.publish(events.CallbackCommitted(q.name, item.id))
         self.log.info("callback committed at position %d", self.ctx.engine.position(item.id))
-        self.ctx.on_work_changed()
+        self.ctx.publish(events.WorkChanged(q.name, item.id))
         await self.music(q, on=False)
         await self.final_words(q, "confirmation")
         return True
@@ -343,29 +342,12 @@ class CallerSession(ChannelSession):
 
     # ------------------------------------------------------------------ agent takes over
 
-    async def hand_over(self, msg: Message) -> None:
-        """R3/R9: connected to an agent. Stop whatever plays, then let the agent leg
-        bridge us; from here the agent flow owns this channel's fate."""
-        assert msg.reply is not None
-        self.connected = True
-        if self.moh_on:
-            await self.quietly(self.ari.stop_moh(self.channel_id))
-            self.moh_on = False
-        if not msg.reply.done():
-            msg.reply.set_result(True)
-        # Stay alive only to notice the hang-up (the agent flow watches ``ended``).
+    async def hand_over(self, handover: Handover, q: QueueConfig) -> None:
+        """R3/R9: an agent takes the call. Stop the music (a prompt was stopped by
+        ``play_until``), accept, and from here the agent leg owns this channel's fate."""
+        self.handover = handover
+        await self.music(q, on=False)
+        handover.accept()
+        # Stay alive only to notice the hang-up (``left`` tells the agent leg).
         while True:
             await self.next()
-
-
-async def ask_connect(session: CallerSession, timeout: float = 5.0) -> bool:
-    """Ask a waiting caller's session to stop its prompts and hand over the channel."""
-    loop = asyncio.get_running_loop()
-    reply: asyncio.Future[bool] = loop.create_future()
-    if session.gone or session.ended.is_set():
-        return False
-    session.deliver(Message("connect", reply=reply))
-    try:
-        return await asyncio.wait_for(asyncio.shield(reply), timeout)
-    except TimeoutError:
-        return False

@@ -1,19 +1,20 @@
-"""What the flows share: the ARI client, the queue engine, the store and the config.
+"""What the flows share: the ARI client, the queue engine, the store, the config, the
+clock and the notifier.
 
-The switchboard builds one ``FlowContext``; flows read it and never reach further (no
-websocket, no web layer).
+The app builds one ``FlowContext``; flows read it and never reach further (no websocket,
+no web layer). Flows tell the rest of the service what happened by publishing typed
+events on ``notifier`` (``ivr.domain.events``): counters, the dispatcher and (next) the
+consoles subscribe.
 """
 
 from __future__ import annotations
 
 import logging
-import time
-from collections.abc import Callable
-from dataclasses import dataclass, field
 
 from ivr.ari import AriClient
 from ivr.config import Config, QueueConfig
-from ivr.domain.items import WorkItem
+from ivr.domain.events import Counters, Event, ItemClosed, Notifier, StoreFailed
+from ivr.domain.items import Clock, SystemClock
 from ivr.domain.numbers import NumberGuard
 from ivr.domain.queues import QueueEngine
 from ivr.store import Store, StoreError
@@ -21,25 +22,19 @@ from ivr.store import Store, StoreError
 log = logging.getLogger("ivr.flows")
 
 
-@dataclass
-class Counters:
-    """Event counts exported as metrics (R19); the web layer reads them."""
-
-    values: dict[str, int] = field(default_factory=dict)
-
-    def inc(self, name: str, n: int = 1) -> None:
-        self.values[name] = self.values.get(name, 0) + n
-
-
 class FlowContext:
     def __init__(
-        self, cfg: Config, client: AriClient, engine: QueueEngine, store: Store
+        self, cfg: Config, client: AriClient, engine: QueueEngine, store: Store,
+        clock: Clock | None = None,
     ) -> None:
         self.cfg = cfg
         self.ari = client
         self.engine = engine
         self.store = store
+        self.clock: Clock = clock or SystemClock()
+        self.notifier = Notifier(on_error=_subscriber_failed)
         self.counters = Counters()
+        self.notifier.subscribe(self.counters)
         # R13: one guard per queue, built exactly as check-config built it.
         self.guards: dict[str, NumberGuard] = {
             name: q.number_guard() for name, q in cfg.queues.items()
@@ -47,10 +42,9 @@ class FlowContext:
         #: items whose caller is busy (choosing a callback, entering a number): the
         #: dispatcher does not offer them to agents meanwhile; they keep their place
         self.held: set[str] = set()
-        #: set by the dispatcher: called whenever work or agents may have changed
-        self.on_work_changed: Callable[[], None] = lambda: None
-        #: set by the dispatcher: a live item left the queue (hang-up, callback)
-        self.on_item_closed: Callable[[WorkItem], None] = lambda item: None
+
+    def publish(self, event: Event) -> None:
+        self.notifier.publish(event)
 
     def queue(self, name: str) -> QueueConfig | None:
         return self.cfg.queues.get(name)
@@ -74,15 +68,19 @@ class FlowContext:
         # Items the engine closed behind an agent's back: their legs must hear of it
         # now, whatever the store says (the engine already considers them closed).
         for item in self.engine.drain_side_closes():
-            self.on_item_closed(item)
+            self.publish(ItemClosed(item.queue, item.id))
         try:
             await self.store.save(changed)
         except StoreError as exc:
             self.engine.mark_changed(changed)
-            self.counters.inc("store_failures")
+            self.publish(StoreFailed(items=len(changed)))
             log.error("store refused a commit of %d item(s): %s", len(changed), exc)
             return False
         return True
 
     def now(self) -> float:
-        return time.time()
+        return self.clock.now()
+
+
+def _subscriber_failed(event: Event, exc: Exception) -> None:
+    log.error("a subscriber failed on %s: %r", type(event).__name__, exc)

@@ -12,7 +12,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import time
 import uuid
 from collections.abc import Awaitable, Callable, Collection, Sequence
 from dataclasses import dataclass, field
@@ -20,6 +19,7 @@ from typing import Any, TypeVar
 
 from ivr import ari
 from ivr.ari import AriClient, AriConflict, AriNotFound
+from ivr.domain.items import Clock, SystemClock
 
 T = TypeVar("T")
 
@@ -34,11 +34,59 @@ class Message:
 
     kind: str
     data: dict[str, Any] = field(default_factory=dict)
-    reply: asyncio.Future[bool] | None = None
 
     @property
     def channel_id(self) -> str:
         return ""
+
+
+#: what ``play_until`` returns when the other channel it played to has left
+GONE = "gone"
+#: to an agent leg: its work item was closed or withdrawn (stop, dial nobody)
+CANCEL = "cancel"
+#: to an agent leg: the caller it was bridged with hung up
+PEER_GONE = "peer_gone"
+
+
+class Handover(Message):
+    """R9: an agent leg taking over a waiting caller's channel. The only way the two
+    sessions meet:
+
+    1. the leg ``offer``s it to the caller session (delivered into its inbox);
+    2. the caller session ``accept``s when it can hand its channel over right now (on
+       hold or hearing the offer: it stops the music or the prompt first), else it
+       ``refuse``s at once (busy entering another number, hearing its confirmation);
+    3. once accepted, the agent leg owns the channel; when the caller hangs up, the
+       caller session tells the leg (``caller_gone``).
+    """
+
+    def __init__(self, leg: ChannelSession) -> None:
+        super().__init__("handover")
+        self.leg = leg
+        self._answer: asyncio.Future[bool] = asyncio.get_running_loop().create_future()
+
+    def accept(self) -> None:
+        if not self._answer.done():
+            self._answer.set_result(True)
+
+    def refuse(self) -> None:
+        if not self._answer.done():
+            self._answer.set_result(False)
+
+    def caller_gone(self) -> None:
+        self.leg.deliver(Message(PEER_GONE))
+
+    async def offer(self, caller: ChannelSession, timeout: float) -> bool:
+        """Deliver to ``caller`` and wait for its answer (False on timeout or when the
+        caller's session has already ended)."""
+        if caller.gone or caller.ended.is_set():
+            return False
+        caller.deliver(self)
+        try:
+            return await asyncio.wait_for(asyncio.shield(self._answer), timeout)
+        except TimeoutError:
+            self.refuse()  # too late now, even if the caller gets to it
+            return False
 
 
 Item = ari.Event | Message
@@ -70,9 +118,12 @@ def say_number(n: int) -> list[str]:
 class ChannelSession:
     """Base for caller, agent and customer legs."""
 
-    def __init__(self, client: AriClient, channel_id: str, log: logging.Logger) -> None:
+    def __init__(self, client: AriClient, channel_id: str, log: logging.Logger,
+                 clock: Clock | None = None) -> None:
         self.ari = client
         self.channel_id = channel_id
+        #: deadlines are read on this clock (a seam for tests)
+        self.clock: Clock = clock or SystemClock()
         self.inbox: asyncio.Queue[Item] = asyncio.Queue()
         self.gone = False
         #: Q.850 cause when the channel was destroyed (e.g. 17 busy, 19 no answer)
@@ -99,7 +150,7 @@ class ChannelSession:
         Raises ``Hangup`` when the channel has left Stasis."""
         if self.gone:
             raise Hangup()
-        timeout = None if deadline is None else max(0.0, deadline - time.time())
+        timeout = None if deadline is None else max(0.0, deadline - self.clock.now())
         try:
             ev = await asyncio.wait_for(self.inbox.get(), timeout)
         except TimeoutError:
@@ -133,10 +184,16 @@ class ChannelSession:
             self.log.debug("channel call ignored: %s", exc)
             return None
 
-    async def play(self, media: Sequence[str]) -> str:
-        """Start a playback with an id we choose, so its events can be matched at once."""
+    async def play(self, media: Sequence[str], channel_id: str | None = None) -> str | None:
+        """Start a playback with an id we choose, so its events can be matched at once.
+        None when the channel is gone (404/409)."""
         playback_id = uuid.uuid4().hex
-        await self.quietly(self.ari.play(self.channel_id, media, playback_id=playback_id))
+        target = channel_id or self.channel_id
+        try:
+            await self.ari.play(target, media, playback_id=playback_id)
+        except (AriNotFound, AriConflict) as exc:
+            self.log.debug("playback on a gone channel: %s", exc)
+            return None
         return playback_id
 
     async def stop_playback(self, playback_id: str) -> None:
@@ -154,16 +211,20 @@ class ChannelSession:
         media: Sequence[str],
         digits: Collection[str] = (),
         on_message: Callable[[Message], bool] | None = None,
+        *,
+        channel_id: str | None = None,
     ) -> str | Message:
         """Play each media in turn, to the end or until one of ``digits`` (barge-in; the
-        playback is stopped). Returns the digit, ``""`` when all finished (or failed), or
-        a message for which ``on_message`` returned True (the playback is stopped too).
+        playback is stopped). Returns the digit, ``""`` when all finished (or failed), a
+        message for which ``on_message`` returned True (the playback is stopped too), or
+        ``GONE`` when ``channel_id`` (another channel routed to this session, e.g. a
+        callback's customer) left.
 
         One playback per media, not one ARI playlist: on Asterisk 22 stopping a playlist
         playback ends only its current item, and the channel stays busy with the rest
         (a bridge addChannel then waits behind it)."""
         for uri in media:
-            got = await self._play_one(uri, digits, on_message)
+            got = await self._play_one(uri, digits, on_message, channel_id or self.channel_id)
             if got != "":
                 return got
         return ""
@@ -173,8 +234,12 @@ class ChannelSession:
         uri: str,
         digits: Collection[str],
         on_message: Callable[[Message], bool] | None,
+        target: str,
     ) -> str | Message:
-        playback_id = await self.play([uri])
+        playback_id = await self.play([uri], target)
+        if playback_id is None:
+            # Gone: on our own channel its StasisEnd is in the inbox and ``next`` raises.
+            return GONE if target != self.channel_id else ""
         while True:
             ev = await self.next()
             if isinstance(ev, ari.PlaybackFinished) and ev.playback.id == playback_id:
@@ -184,12 +249,15 @@ class ChannelSession:
                     self.log.warning("playback failed: %s", uri)
                 return ""
             if isinstance(ev, ari.ChannelDtmfReceived) and ev.digit in digits \
-                    and ev.channel_id == self.channel_id:
+                    and ev.channel_id == target:
                 await self.stop_playback(playback_id)
                 return ev.digit
             if isinstance(ev, Message) and on_message is not None and on_message(ev):
                 await self.stop_playback(playback_id)
                 return ev
+            if isinstance(ev, ari.StasisEnd | ari.ChannelDestroyed) \
+                    and target != self.channel_id and ev.channel_id == target:
+                return GONE
 
     async def hangup(self) -> None:
         with contextlib.suppress(AriNotFound, AriConflict):

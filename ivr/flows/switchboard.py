@@ -17,6 +17,7 @@ import time
 from collections.abc import Callable
 
 from ivr import ari
+from ivr.domain.events import WorkChanged
 from ivr.domain.items import OPEN_STATES, Kind, WorkItem
 from ivr.flows.caller import CallerSession
 from ivr.flows.context import FlowContext
@@ -48,6 +49,9 @@ class Switchboard:
     def register(self, session: ChannelSession) -> None:
         """Route a channel's events to a session before the channel exists (originate)."""
         self.sessions[session.channel_id] = session
+
+    def session_for(self, channel_id: str) -> ChannelSession | None:
+        return self.sessions.get(channel_id)
 
     def unregister(self, session: ChannelSession) -> None:
         if self.sessions.get(session.channel_id) is session:
@@ -151,7 +155,7 @@ class Switchboard:
                 self.ctx.engine.abandon(item.id)
                 await self.ctx.commit()
                 log.info("[item=%s] caller channel gone while away: abandoned", item.id[:12])
-        self.ctx.on_work_changed()
+        self.ctx.publish(WorkChanged())
 
     async def _adopt_conversations(self, present: dict[str, ari.Channel]) -> set[str]:
         """Bridges an earlier run left behind (it stopped or died mid-conversation): a

@@ -1,4 +1,4 @@
-"""HTTP: health, metrics and a first read-only API. Reads the domain and the dispatcher;
+"""HTTP: health, metrics and a first read-only API. Reads the domain (queues, the agent board);
 never talks to Asterisk. (The consoles and the full API come with their own issue.)
 
 Safe by default: every malformed request is a 4xx with a JSON reason (``{"error": ...,
@@ -18,7 +18,7 @@ from typing import Any
 
 from aiohttp import web
 
-from ivr.flows.agents import Dispatcher
+from ivr.domain.agents import AgentBoard
 from ivr.flows.context import FlowContext
 
 log = logging.getLogger("ivr.web")
@@ -26,7 +26,7 @@ log = logging.getLogger("ivr.web")
 HealthProbe = Callable[[], Mapping[str, bool]]
 
 CTX = web.AppKey("ctx", FlowContext)
-DISPATCHER = web.AppKey("dispatcher", Dispatcher)
+AGENTS = web.AppKey("agents", AgentBoard)
 TOKEN = web.AppKey("token", str)
 HEALTH: web.AppKey[HealthProbe] = web.AppKey("health")
 
@@ -152,26 +152,26 @@ async def queues(request: web.Request) -> web.Response:
     return web.json_response(out)
 
 
-async def agents(request: web.Request) -> web.Response:
-    d = request.app[DISPATCHER]
+async def list_agents(request: web.Request) -> web.Response:
+    board = request.app[AGENTS]
     return web.json_response({
-        a.cfg.id: {"status": a.status, "reachable": a.reachable, "queues": list(a.cfg.queues)}
-        for a in d.agents.values()
+        a.id: {"status": a.status, "reachable": a.reachable, "queues": list(a.queues)}
+        for a in board
     })
 
 
 async def agent_state(request: web.Request) -> web.Response:
     """POST {"ready": true|false}: an agent goes ready / not-ready (R15). Busy, ringing
     and wrap-up agents are left alone; their state is reported back."""
-    d = request.app[DISPATCHER]
+    board = request.app[AGENTS]
     agent_id = request.match_info["agent"]
-    if agent_id not in d.agents:
+    if agent_id not in board:
         raise web.HTTPNotFound(reason=f"no agent {agent_id!r}")
     body = await read_json(request)
     if not isinstance(body, dict) or not isinstance(body.get("ready"), bool):
         raise web.HTTPBadRequest(reason='body must be {"ready": true} or {"ready": false}')
-    d.set_ready(agent_id, body["ready"])
-    return web.json_response({"agent": agent_id, "status": d.agents[agent_id].status})
+    status = board.set_ready(agent_id, body["ready"])
+    return web.json_response({"agent": agent_id, "status": status})
 
 
 async def metrics(request: web.Request) -> web.Response:
@@ -206,7 +206,7 @@ def _finite(x: float) -> float | None:
 
 def make_web_app(
     ctx: FlowContext,
-    dispatcher: Dispatcher,
+    agents: AgentBoard,
     *,
     token: str | None = None,
     health: HealthProbe | None = None,
@@ -216,12 +216,12 @@ def make_web_app(
     ``/healthz`` reports (default: the ARI websocket is connected)."""
     app = web.Application(middlewares=[errors, require_token], client_max_size=MAX_JSON_BODY)
     app[CTX] = ctx
-    app[DISPATCHER] = dispatcher
+    app[AGENTS] = agents
     app[TOKEN] = token or ctx.cfg.http.api_token or secrets.token_urlsafe(24)
     app[HEALTH] = health or default_health(ctx)
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/metrics", metrics)
     app.router.add_get("/api/queues", queues)
-    app.router.add_get("/api/agents", agents)
+    app.router.add_get("/api/agents", list_agents)
     app.router.add_post("/api/agents/{agent}/state", agent_state)
     return app

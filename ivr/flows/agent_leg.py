@@ -1,0 +1,506 @@
+"""The delivery of one work item to one agent (SPEC R7-R10): ring, preview, dial, bridge.
+
+An ``AgentLeg`` is a session on the channel we originate to the agent's endpoint. The
+customer leg of a callback routes its events into this same inbox (registered with the
+switchboard), so the whole conversation is one ordered script; only our own channel's
+end raises ``Hangup``. It returns a typed ``Outcome``; the dispatcher applies it to the
+agent (not ready, wrap-up, available).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import uuid
+from collections.abc import Callable
+from enum import StrEnum
+
+from ivr import ari
+from ivr.config import QueueConfig
+from ivr.domain import events
+from ivr.domain.agents import Agent, AgentBoard, AgentStatus
+from ivr.domain.items import Kind, State, WorkItem
+from ivr.domain.numbers import parse_e164
+from ivr.domain.queues import QueueError
+from ivr.flows.caller import CallerSession
+from ivr.flows.context import FlowContext
+from ivr.flows.session import (
+    CANCEL,
+    GONE,
+    PEER_GONE,
+    ChannelSession,
+    Handover,
+    Hangup,
+    Message,
+    say_digits,
+    say_number,
+)
+from ivr.flows.switchboard import Switchboard
+
+log = logging.getLogger("ivr.flows.agents")
+
+# Asterisk hang-up causes on an originated leg that never answered (Q.850).
+CAUSE_BUSY = 17
+CAUSE_REJECTED = 21
+CAUSE_NO_ANSWER = (18, 19)
+CAUSE_BAD_NUMBER = (1, 2, 3, 22, 28)  # unallocated, no route, changed, invalid format
+
+# Extra seconds past an originate timeout before we give up on Asterisk telling us.
+GRACE = 5.0
+# How long a caller's session may take to hand its channel over (stop MOH / a prompt).
+HANDOVER_TIMEOUT = 5.0
+
+
+class Outcome(StrEnum):
+    """How an offer ended, for the agent's next status."""
+
+    TALKED = "talked"  # a conversation took place: wrap-up
+    UNANSWERED = "unanswered"  # the phone rang out, or the agent was silent in the preview
+    REJECTED = "rejected"  # the phone refused the call (busy, DND)
+    DECLINED = "declined"  # the agent said no (2, or hung up in the preview)
+    WITHDRAWN = "withdrawn"  # the item closed or the caller left meanwhile
+    ATTEMPT_FAILED = "attempt_failed"  # the customer was not reached (busy, no answer, trunk)
+
+    @property
+    def unresponsive(self) -> bool:
+        """R7/R9: the agent did not take an offered call: set not-ready."""
+        return self in (Outcome.UNANSWERED, Outcome.REJECTED)
+
+
+class Ring(StrEnum):
+    ANSWERED = "answered"
+    SILENT = "silent"
+    REJECTED = "rejected"
+    CANCELLED = "cancelled"
+
+
+class Dial(StrEnum):
+    """A callback attempt's result; the values are the history's ``reason``."""
+
+    ANSWERED = "answered"
+    BUSY = "busy"
+    NO_ANSWER = "noanswer"
+    FAILED = "failed"
+    UNVERIFIED = "unverified"
+    TRUNK_FAILURE = "trunk_failure"
+    CANCELLED = "cancelled"
+
+
+_RING_OUTCOME = {Ring.SILENT: Outcome.UNANSWERED, Ring.REJECTED: Outcome.REJECTED,
+                 Ring.CANCELLED: Outcome.WITHDRAWN}
+
+
+def _is_cancel(ev: object) -> bool:
+    return isinstance(ev, Message) and ev.kind == CANCEL
+
+
+class AgentLeg(ChannelSession):
+    """One offer of one work item to one agent."""
+
+    def __init__(self, ctx: FlowContext, board: AgentBoard, switchboard: Switchboard,
+                 agent: Agent, item: WorkItem) -> None:
+        super().__init__(ctx.ari, uuid.uuid4().hex, log, ctx.clock)
+        self.ctx = ctx
+        self.board = board
+        self.switchboard = switchboard
+        self.agent = agent
+        self.item = item
+        q = ctx.queue(item.queue)
+        if q is None:
+            raise ValueError(f"work item {item.id} of unknown queue {item.queue}")
+        self.q: QueueConfig = q
+        self.extra["item"] = item.id[:12]
+        self.answered = False
+        self.bridge_id: str | None = None
+        self.peer_id: str | None = None  # the caller's or the customer's channel
+        self.customer: _CustomerRoute | None = None
+        self.last_cause = 0  # Q.850 cause of a hang-up request on our leg
+        #: in conversation (bridged): a graceful stop leaves it running
+        self.talking = False
+        #: set by a graceful stop: exit without hanging anything up
+        self.detached = False
+        #: how it ended (read by the dispatcher when the task is done)
+        self.outcome = Outcome.WITHDRAWN
+
+    # ------------------------------------------------------------------ top level
+
+    async def run(self) -> None:
+        try:
+            if self.item.kind == Kind.INBOUND:
+                self.outcome = await self.deliver_inbound()
+            else:
+                self.outcome = await self.deliver_callback()
+        except Hangup:
+            self.outcome = await self.agent_hung_up()
+        finally:
+            if self.customer is not None:
+                self.switchboard.unregister(self.customer)
+            if not self.detached:
+                await self.teardown()
+                await self.release_offer()
+
+    async def release_offer(self) -> None:
+        """Safety net: whatever path ended this leg (a crash included), an item still
+        offered to this agent goes back to its place for the next agent."""
+        try:
+            item = self.ctx.engine.get(self.item.id)
+        except QueueError:
+            return
+        if item.state == State.OFFERED and item.offered_to == self.agent.id:
+            self.log.warning("offer still open at the end of the agent leg; returned")
+            await self.return_offer(timed_out=False)
+
+    async def return_offer(self, timed_out: bool) -> None:
+        engine = self.ctx.engine
+        step = engine.offer_timed_out if timed_out else engine.offer_declined
+        if not self._engine_step(lambda: step(self.item.id, self.agent.id)):
+            return  # closed meanwhile (caller hung up): nothing to return
+        await self.ctx.commit()
+        event = events.OfferTimedOut if timed_out else events.OfferDeclined
+        self.ctx.publish(event(self.q.name, self.item.id, agent=self.agent.id))
+
+    def _engine_step(self, step: Callable[[], object]) -> bool:
+        """One engine transition for our item; False when the item was closed or moved
+        under us (a supervisor cancel, R12's inbound connect). Never crashes the leg."""
+        try:
+            step()
+        except QueueError as exc:
+            self.log.info("work item changed under the agent leg: %s", exc)
+            return False
+        return True
+
+    # ------------------------------------------------------------------ ringing
+
+    async def ring_agent(self, caller_id: str, work_type: str) -> Ring:
+        """Originate to the agent's endpoint and wait for the answer; when not answered
+        (and not cancelled) the offer is already back in the queue."""
+        answer = await self._ring(caller_id, work_type)
+        if answer in (Ring.SILENT, Ring.REJECTED):
+            await self.return_offer(timed_out=answer == Ring.SILENT)
+        return answer
+
+    async def _ring(self, caller_id: str, work_type: str) -> Ring:
+        variables = {"PJSIP_HEADER(add,X-Work-Type)": work_type,
+                     "PJSIP_HEADER(add,X-Work-Item)": self.item.id}
+        try:
+            await self.ari.originate(
+                self.agent.endpoint, app_args=f"agent,{self.item.id}", caller_id=caller_id,
+                timeout=self.q.ring_timeout, variables=variables, channel_id=self.channel_id,
+            )
+        except ari.AriError as exc:
+            self.log.error("cannot ring agent %s: %s", self.agent.id, exc)
+            self.gone = True
+            return Ring.SILENT
+        deadline = self.ctx.now() + self.q.ring_timeout + GRACE
+        while True:
+            try:
+                ev = await self.next(deadline)
+            except Hangup:
+                return self._unanswered_cause()
+            if ev is None:
+                return Ring.SILENT
+            if isinstance(ev, ari.StasisStart) and ev.channel.id == self.channel_id:
+                self.answered = True
+                return Ring.ANSWERED
+            if isinstance(ev, ari.ChannelHangupRequest) and ev.channel_id == self.channel_id:
+                self.last_cause = ev.cause
+            if _is_cancel(ev):
+                return Ring.CANCELLED
+
+    def _unanswered_cause(self) -> Ring:
+        cause = self.end_cause or self.last_cause
+        return Ring.REJECTED if cause in (CAUSE_BUSY, CAUSE_REJECTED) else Ring.SILENT
+
+    # ------------------------------------------------------------------ inbound (R9)
+
+    async def deliver_inbound(self) -> Outcome:
+        caller = self.switchboard.session_for(self.item.channel_id or "")
+        if not isinstance(caller, CallerSession):
+            await self.return_offer(timed_out=False)
+            return Outcome.WITHDRAWN
+        name = caller.channel.caller_name or (self.item.number or "")
+        caller_id = f'"{name}" <{self.item.number or "anonymous"}>'
+        answer = await self.ring_agent(caller_id, "inbound")
+        if answer != Ring.ANSWERED:
+            return _RING_OUTCOME[answer]
+        if not await Handover(self).offer(caller, HANDOVER_TIMEOUT):
+            # Gone, or busy entering another number: the offer goes back (run()).
+            self.log.info("caller not available to connect as the agent answered")
+            return Outcome.WITHDRAWN
+        self.peer_id = caller.channel_id
+        try:
+            await self.bridge(caller.channel_id)
+            self.ctx.engine.connected(self.item.id, self.agent.id)
+        except (ari.AriError, QueueError) as exc:
+            # The caller hung up between the answer and the bridge (their session
+            # closed the item as abandoned): nothing to connect.
+            self.log.info("caller left while being connected: %s", exc)
+            return Outcome.WITHDRAWN
+        await self.ctx.commit()
+        self.ctx.publish(events.InboundConnected(self.q.name, self.item.id, agent=self.agent.id))
+        self.board.set_status(self.agent, AgentStatus.BUSY, self.item.id)
+        await self.talk()
+        return Outcome.TALKED
+
+    # ------------------------------------------------------------------ callback (R7, R8)
+
+    async def deliver_callback(self) -> Outcome:
+        number = parse_e164(self.item.number or "")
+        if number is None:  # stored numbers are E.164: only a damaged store gets here
+            self.log.error("callback without a usable number; cancelled")
+            self._engine_step(lambda: self.ctx.engine.cancel(self.item.id, "no_number"))
+            await self.ctx.commit()
+            return Outcome.WITHDRAWN
+        # The softphone shows the callback mark and the number as the agent would dial it.
+        answer = await self.ring_agent(f'"CALLBACK {number.national}" <{number.e164}>',
+                                       "callback")
+        if answer != Ring.ANSWERED:
+            return _RING_OUTCOME[answer]
+        self.board.set_status(self.agent, AgentStatus.PREVIEWING, self.item.id)
+        choice = await self.preview(number.national)
+        if choice == CANCEL:
+            return await self.withdrawn()
+        if choice != "1":
+            await self.return_offer(timed_out=choice == "")
+            self.log.info("agent %s %s the callback", self.agent.id,
+                          "declined" if choice == "2" else "did not answer the preview of")
+            await self.hangup()
+            return Outcome.UNANSWERED if choice == "" else Outcome.DECLINED
+        if not self._engine_step(
+                lambda: self.ctx.engine.dial_started(self.item.id, self.agent.id)):
+            return await self.withdrawn()
+        if not await self.ctx.commit():
+            # The attempt could not be recorded: dialling now could call the customer
+            # twice after a crash. Not the customer's failure: the attempt is given back.
+            self._engine_step(lambda: self.ctx.engine.dial_failed(
+                self.item.id, "store_failure", counted=False))
+            await self.ctx.commit()
+            return await self.tell_agent_failed()
+        self.ctx.publish(events.OfferAccepted(self.q.name, self.item.id, agent=self.agent.id))
+        self.board.set_status(self.agent, AgentStatus.BUSY, self.item.id)
+        result = await self.dial_customer(self.ctx.cfg.outbound.dial_string(number))
+        if result == Dial.CANCELLED:
+            return await self.withdrawn()
+        if result != Dial.ANSWERED:
+            await self.attempt_failed(result)
+            return await self.tell_agent_failed()
+        await self.quietly(self.ari.stop_ringing(self.channel_id))
+        assert self.peer_id is not None  # set by dial_customer
+        try:
+            await self.bridge(self.peer_id)
+        except ari.AriError as exc:
+            self.log.info("customer left before the bridge: %s", exc)
+            await self.attempt_failed(Dial.FAILED)
+            return Outcome.ATTEMPT_FAILED
+        if not self._engine_step(lambda: self.ctx.engine.callback_connected(self.item.id)):
+            return Outcome.WITHDRAWN
+        await self.ctx.commit()
+        self.ctx.publish(events.CallbackConnected(self.q.name, self.item.id,
+                                                  agent=self.agent.id))
+        await self.talk()
+        return Outcome.TALKED
+
+    async def attempt_failed(self, result: Dial) -> None:
+        """R10: one attempt failed. A trunk that never answered is our outage, not the
+        customer's no-answer: its own log line and event, and no attempt used up."""
+        trunk = result == Dial.TRUNK_FAILURE
+        failed: list[WorkItem] = []
+        if not self._engine_step(lambda: failed.append(self.ctx.engine.dial_failed(
+                self.item.id, result.value, counted=not trunk))):
+            return
+        await self.ctx.commit()
+        if trunk:
+            self.ctx.publish(events.TrunkFailed(self.q.name, self.item.id, agent=self.agent.id))
+            self.log.warning("trunk failure: the carrier never answered the callback INVITE "
+                             "(check outbound.dial and the trunk); retried later")
+        else:
+            self.ctx.publish(events.CallbackAttemptFailed(
+                self.q.name, self.item.id, agent=self.agent.id, reason=result.value))
+        self.log.info("callback attempt %d failed: %s -> %s", failed[0].attempts, result,
+                      failed[0].state)
+
+    async def tell_agent_failed(self) -> Outcome:
+        await self.hangup_peer()
+        await self.quietly(self.ari.stop_ringing(self.channel_id))
+        with contextlib.suppress(Hangup):
+            await self.play_until([self.ctx.prompt(self.q, "callback_failed")])
+        await self.hangup()
+        return Outcome.ATTEMPT_FAILED
+
+    async def withdrawn(self) -> Outcome:
+        """The item was closed while this agent held it (cancelled, or the customer got
+        through on an inbound call): stop, free the agent, dial nobody."""
+        self.log.info("callback withdrawn while offered to agent %s", self.agent.id)
+        self.ctx.publish(events.OfferWithdrawn(self.q.name, self.item.id, agent=self.agent.id))
+        await self.hangup_peer()
+        await self.hangup()
+        return Outcome.WITHDRAWN
+
+    async def preview(self, national: str) -> str:
+        """R7: callback, the number, minutes waited; 1 accepts, 2 declines. Returns the
+        digit, "" when the agent stayed silent, or ``CANCEL`` (item withdrawn)."""
+        minutes = max(0, round((self.ctx.now() - self.item.arrived_at) / 60))
+        media = [
+            self.ctx.prompt(self.q, "preview_intro"),
+            *say_digits(national),
+            self.ctx.prompt(self.q, "preview_waited"),
+            *say_number(minutes),
+            self.ctx.prompt(self.q, "minutes"),
+            self.ctx.prompt(self.q, "preview_accept"),
+        ]
+        deadline = self.ctx.now() + self.q.preview_timeout
+        got = await self.play_until(media, {"1", "2"}, on_message=_is_cancel)
+        if isinstance(got, Message):
+            return CANCEL
+        if got:
+            return got
+        ev = await self.wait_for(
+            lambda e: (isinstance(e, ari.ChannelDtmfReceived) and e.digit in ("1", "2"))
+            or _is_cancel(e),
+            deadline,
+        )
+        if isinstance(ev, Message):
+            return CANCEL
+        return ev.digit if isinstance(ev, ari.ChannelDtmfReceived) else ""
+
+    async def dial_customer(self, dial_string: str) -> Dial:
+        """R8: originate to the customer through the trunk; the agent hears ringback.
+
+        Trunk failure: the call ended without the customer's side ever ringing (no 180/
+        183 from the carrier: it never answered the INVITE, or refused it with 5xx).
+        A customer's phone that does not answer always rang first."""
+        customer_id = uuid.uuid4().hex
+        self.peer_id = customer_id
+        self.customer = _CustomerRoute(self, customer_id)
+        self.switchboard.register(self.customer)  # its events come to this inbox
+        await self.quietly(self.ari.start_ringing(self.channel_id))
+        try:
+            await self.ari.originate(
+                dial_string,
+                app_args=f"customer,{self.item.id}",
+                caller_id=f'"{self.q.caller_id}" <{self.q.caller_id}>',
+                timeout=self.ctx.cfg.outbound.dial_timeout,
+                channel_id=customer_id,
+                variables={"PJSIP_HEADER(add,X-Work-Item)": self.item.id},
+            )
+        except ari.AriError as exc:
+            self.log.error("callback originate failed: %s", exc)
+            return Dial.TRUNK_FAILURE
+        self.ctx.publish(events.CustomerDialled(self.q.name, self.item.id, agent=self.agent.id))
+        deadline = self.ctx.now() + self.ctx.cfg.outbound.dial_timeout + GRACE
+        dialstatus = ""
+        rang = False
+        while True:
+            ev = await self.next(deadline)
+            if ev is None:
+                await self.hangup_peer()
+                return Dial.NO_ANSWER if rang else Dial.TRUNK_FAILURE
+            if _is_cancel(ev):
+                await self.hangup_peer()
+                return Dial.CANCELLED
+            if isinstance(ev, ari.Dial) and ev.peer.id == customer_id and ev.dialstatus:
+                dialstatus = ev.dialstatus
+                rang = rang or dialstatus in ("RINGING", "PROGRESS")
+            if isinstance(ev, ari.ChannelDestroyed | ari.StasisEnd) and \
+                    ev.channel_id == customer_id:
+                cause = ev.cause if isinstance(ev, ari.ChannelDestroyed) else 0
+                if dialstatus == "BUSY" or cause == CAUSE_BUSY:
+                    return Dial.BUSY
+                if not rang:
+                    # The number itself was refused (unallocated, no route, changed,
+                    # invalid format): the customer's side, counted as an attempt.
+                    return Dial.FAILED if cause in CAUSE_BAD_NUMBER else Dial.TRUNK_FAILURE
+                if cause in CAUSE_NO_ANSWER or dialstatus in ("NOANSWER", "RINGING"):
+                    return Dial.NO_ANSWER
+                return Dial.FAILED
+            if isinstance(ev, ari.StasisStart) and ev.channel.id == customer_id:
+                if self.q.verify_customer and not await self.verify():
+                    await self.hangup_peer()
+                    return Dial.UNVERIFIED
+                return Dial.ANSWERED
+
+    async def verify(self) -> bool:
+        """R8 option: the customer confirms with 1 (during the prompt or within
+        ``preview_timeout``), so agents never talk to voicemail; then "connecting"."""
+        assert self.peer_id is not None
+        customer = self.peer_id
+        deadline = self.ctx.now() + self.q.preview_timeout
+        got = await self.play_until([self.ctx.prompt(self.q, "verify_customer")], {"1"},
+                                    channel_id=customer)
+        if got == "":
+            ev = await self.wait_for(
+                lambda e: e.channel_id == customer and (
+                    (isinstance(e, ari.ChannelDtmfReceived) and e.digit == "1")
+                    or isinstance(e, ari.StasisEnd | ari.ChannelDestroyed)),
+                deadline,
+            )
+            got = "1" if isinstance(ev, ari.ChannelDtmfReceived) else GONE
+        if got != "1":
+            return False
+        connecting = [self.ctx.prompt(self.q, "connecting")]
+        return await self.play_until(connecting, channel_id=customer) != GONE
+
+    # ------------------------------------------------------------------ conversation
+
+    async def bridge(self, peer_id: str) -> None:
+        self.bridge_id = await self.ari.create_bridge()
+        await self.ari.add_to_bridge(self.bridge_id, [self.channel_id, peer_id])
+
+    async def talk(self) -> None:
+        """Until either side hangs up; then the other side is hung up too."""
+        self.talking = True
+        while True:
+            ev = await self.next()
+            if isinstance(ev, Message) and ev.kind == PEER_GONE:
+                return
+            if isinstance(ev, ari.StasisEnd | ari.ChannelDestroyed) and \
+                    ev.channel_id == self.peer_id:
+                return
+
+    async def agent_hung_up(self) -> Outcome:
+        """Our (agent) channel ended. Before the answer: unanswered; in preview: a
+        decline; while dialling: the attempt fails; in conversation: done."""
+        engine = self.ctx.engine
+        item = engine.get(self.item.id)
+        if not self.answered:
+            ring = self._unanswered_cause()
+            await self.return_offer(timed_out=ring == Ring.SILENT)
+            return _RING_OUTCOME[ring]
+        if item.state == State.OFFERED:
+            await self.return_offer(timed_out=False)
+            return Outcome.DECLINED
+        if item.state == State.DIALLING:
+            self._engine_step(lambda: engine.dial_failed(self.item.id, "agent_hangup"))
+            await self.ctx.commit()
+            return Outcome.DECLINED
+        return Outcome.TALKED
+
+    async def hangup_peer(self) -> None:
+        if self.peer_id is not None:
+            with contextlib.suppress(ari.AriNotFound, ari.AriConflict):
+                await self.ari.hangup(self.peer_id)
+
+    async def teardown(self) -> None:
+        """Nothing left in a bridge or half-up: hang up both legs, destroy the bridge."""
+        with contextlib.suppress(ari.AriError):
+            await self.hangup_peer()
+        if not self.gone:
+            with contextlib.suppress(ari.AriError):
+                await self.ari.hangup(self.channel_id)
+        if self.bridge_id is not None:
+            with contextlib.suppress(ari.AriError):
+                await self.ari.destroy_bridge(self.bridge_id)
+
+
+class _CustomerRoute(ChannelSession):
+    """Routes a callback customer's channel events into its agent leg's inbox: the
+    switchboard's table holds sessions, and this is the customer's entry in it."""
+
+    def __init__(self, leg: AgentLeg, channel_id: str) -> None:
+        super().__init__(leg.ari, channel_id, log, leg.clock)
+        self.leg = leg
+        # Resync treats it like its leg: a running session whose channel may vanish.
+        self.task = leg.task
+
+    def deliver(self, item: ari.Event | Message) -> None:
+        self.leg.deliver(item)

@@ -1,0 +1,181 @@
+"""The dispatcher (SPEC R7, R9, R11, R14, R15): one offer per free agent.
+
+A pass runs whenever work or agents change (``WorkChanged`` on the notifier, an agent's
+status change) and once a second for retry, expiry and wrap-up timers: free, reachable
+agents, longest idle first, get one item each from the queue engine. Each offer becomes
+an ``AgentLeg`` (``flows/agent_leg.py``); when it ends, its ``Outcome`` decides the
+agent's next status on the board.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import Callable
+
+from ivr import ari
+from ivr.domain import events
+from ivr.domain.agents import Agent, AgentBoard, AgentStatus
+from ivr.flows.agent_leg import AgentLeg
+from ivr.flows.context import FlowContext
+from ivr.flows.session import CANCEL, Message
+from ivr.flows.switchboard import Switchboard
+
+log = logging.getLogger("ivr.flows.agents")
+
+
+class Dispatcher:
+    def __init__(self, ctx: FlowContext, switchboard: Switchboard, board: AgentBoard) -> None:
+        self.ctx = ctx
+        self.switchboard = switchboard
+        self.board = board
+        self.legs: dict[str, AgentLeg] = {}  # work item id -> its delivery
+        self._wake = asyncio.Event()
+        self._task: asyncio.Task[None] | None = None
+        #: False once a graceful stop began: no new offers
+        self.accepting = True
+        board.on_change = self._status_changed
+        switchboard.on_other_event = self.on_event
+        ctx.notifier.subscribe(self._on_flow_event)
+
+    # ------------------------------------------------------------------ what we follow
+
+    def _status_changed(self, agent: Agent, old: AgentStatus) -> None:
+        if agent.status != old:
+            log.info("[item=%s] agent %s: %s -> %s", (agent.item_id or "-")[:12], agent.id,
+                     old, agent.status)
+        self.kick()
+
+    def _on_flow_event(self, event: events.Event) -> None:
+        if isinstance(event, events.ItemClosed):
+            # A live caller left (hang-up, duplicate) or R12 closed a callback: a leg
+            # ringing or previewing it must stop.
+            leg = self.legs.get(event.item_id)
+            if leg is not None:
+                leg.deliver(Message(CANCEL))
+            self.kick()
+        elif isinstance(event, events.WorkChanged):
+            self.kick()
+
+    async def on_connect(self) -> None:
+        """R15: endpoint reachability. Read once per connect, then follow the events."""
+        for agent in self.board:
+            tech, _, resource = agent.endpoint.partition("/")
+            try:
+                ep = await self.ctx.ari.get_endpoint(tech, resource)
+                await self.ctx.ari.subscribe_endpoint(tech, resource)
+            except ari.AriError as exc:
+                log.error("agent %s: endpoint %s unusable: %s", agent.id, agent.endpoint, exc)
+                self.board.reachability(agent, "unreachable")
+                continue
+            if self.board.reachability(agent, ep.state):
+                log.info("agent %s endpoint %s", agent.id, ep.state)
+        self.kick()
+
+    def on_event(self, ev: ari.Event) -> None:
+        if isinstance(ev, ari.EndpointStateChange):
+            agent = self.board.by_endpoint(ev.endpoint.name)
+            if agent is not None:
+                if self.board.reachability(agent, ev.endpoint.state):
+                    log.info("agent %s endpoint %s", agent.id, ev.endpoint.state)
+                self.kick()
+
+    # ------------------------------------------------------------------ passes
+
+    def kick(self) -> None:
+        self._wake.set()
+
+    def start(self) -> None:
+        self._task = asyncio.create_task(self._loop(), name="dispatcher")
+
+    async def close(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+
+    async def _loop(self) -> None:
+        while True:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._wake.wait(), 1.0)
+            self._wake.clear()
+            try:
+                await self.dispatch_pass()
+            except Exception:
+                log.exception("dispatch pass failed")
+
+    async def drain(self, grace: float) -> None:
+        """Graceful stop (SIGTERM): no new offers; agents being rung or previewing give
+        their offer back (committed); dials and press-1 confirmations in flight get up
+        to ``grace`` seconds to finish. Conversations are left up in their bridges (the
+        next instance watches them) and waiting callers stay in Stasis (re-adopted)."""
+        self.accepting = False
+        for leg in list(self.legs.values()):
+            if not leg.talking and leg.agent.status in (
+                    AgentStatus.RINGING, AgentStatus.PREVIEWING):
+                leg.deliver(Message(CANCEL))
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + grace
+        # Polled: the two conditions belong to many tasks; bounded by ``grace``.
+        while loop.time() < deadline and (  # noqa: ASYNC110
+            any(not leg.talking for leg in self.legs.values()) or self.ctx.held
+        ):
+            await asyncio.sleep(0.05)
+        busy = [leg for leg in self.legs.values() if not leg.talking]
+        if busy or self.ctx.held:
+            log.warning("graceful stop: %d agent leg(s) and %d caller(s) still busy after "
+                        "%.0fs; the next start repairs them from the store", len(busy),
+                        len(self.ctx.held), grace)
+        for leg in self.legs.values():
+            leg.detached = True  # a conversation outlives us: no teardown on exit
+
+    async def dispatch_pass(self) -> None:
+        if not self.accepting:
+            return
+        now = self.ctx.now()
+        engine = self.ctx.engine
+        expired = engine.expire_due()
+        if expired:
+            await self.ctx.commit()
+            for item in expired:
+                self.ctx.publish(events.CallbackExpired(item.queue, item.id))
+        self.board.end_wrap_ups()
+        for name in self.ctx.cfg.queues:
+            engine.set_serving_agents(name, self.board.serving(name))
+        free = self.board.free()
+        if not free:
+            return
+        open_for_callbacks = [
+            q.name for q in self.ctx.cfg.queues.values()
+            if q.hours is None or q.hours.is_open(now)
+        ]
+        offers = engine.dispatch(
+            {a.id: a.queues for a in free},
+            callback_queues=open_for_callbacks,
+            standby={a.id: a.queues for a in self.board.on_duty()},
+            skip=self.ctx.held,
+        )
+        if offers:
+            await self.ctx.commit()
+        for agent_id, item in offers:
+            agent = self.board.get(agent_id)
+            self.board.set_status(agent, AgentStatus.RINGING, item.id)
+            leg = AgentLeg(self.ctx, self.board, self.switchboard, agent, item)
+            self.legs[item.id] = leg
+            self.switchboard.register(leg)
+            self.switchboard.start(leg)
+            assert leg.task is not None  # set by start()
+            leg.task.add_done_callback(self._ended_callback(leg))
+
+    def _ended_callback(self, leg: AgentLeg) -> Callable[[asyncio.Task[None]], None]:
+        return lambda _task: self._leg_ended(leg)
+
+    def _leg_ended(self, leg: AgentLeg) -> None:
+        """Apply the leg's outcome to its agent (R7/R9: not ready when unresponsive;
+        wrap-up after a conversation; otherwise available again)."""
+        if self.legs.get(leg.item.id) is leg:
+            del self.legs[leg.item.id]
+        self.board.release(leg.agent, unresponsive=leg.outcome.unresponsive,
+                           talked=leg.outcome == leg.outcome.TALKED, wrap_up=leg.q.wrap_up)
+        self.kick()
