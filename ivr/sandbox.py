@@ -443,9 +443,11 @@ def _render(inst: AsteriskInstance, config_src: Path, agents: Sequence[str]) -> 
     (etc / "ari_users.conf").write_text(
         f"[{inst.ari_user}]\ntype = user\nread_only = no\npassword = {inst.ari_password}\n"
     )
-    # On loopback, pin RTP to 127.0.0.1 (else media goes to the host's other address);
-    # operators keep Asterisk's choice.
-    media = "media_address = 127.0.0.1\nbind_rtp_to_media_address = yes\n"
+    # On loopback, pin RTP to 127.0.0.1 (else media goes to the host's other address).
+    # Bound to all addresses (softphones on other hosts), Asterisk chooses, as for an
+    # operator: pinned, the phones would ring and register but hear nothing.
+    media = ("media_address = 127.0.0.1\nbind_rtp_to_media_address = yes\n"
+             if inst.sip_bind.startswith("127.") else "")
     _edit(
         etc / "pjsip.conf",
         ("bind = 0.0.0.0:5060", f"bind = {inst.sip_bind}:{inst.sip_port}"),

@@ -9,7 +9,7 @@
 
 Results are parsed from sipp's own message trace (``-trace_msg``): what sipp actually
 sent and received, with wall-clock times. sipp cannot take injected values in
-``<pause>`` or ``recv timeout`` (FACTS), so every peer renders its scenario from the
+``<pause>`` or ``recv timeout`` (sipp 3.6), so every peer renders its scenario from the
 templates in ``tests/sipp/`` into a temp dir. Every wait inside a call is a
 ``<recv request="BYE" timeout=...>`` so the far end may hang up at any moment.
 
@@ -853,3 +853,359 @@ class SipCarrier(_SipUas):
             instance, "carrier", instance.carrier_host, instance.carrier_port, behaviours,
             contact_user="carrier",
         )  # fmt: skip
+
+
+# ------------------------------------------------------------------ faulty trunk
+
+_REASONS = {
+    404: "Not Found", 408: "Request Timeout", 480: "Temporarily Unavailable",
+    500: "Server Internal Error", 502: "Bad Gateway", 503: "Service Unavailable",
+    504: "Server Time-out", 603: "Decline",
+}  # fmt: skip
+
+
+@dataclass(frozen=True)
+class TrunkFault(CallBehaviour):
+    """A carrier that fails the INVITE itself (not the customer's phone): ``"silent"``
+    takes the INVITE and sends nothing back (no 100, no final response) for
+    ``max_duration`` seconds -- make it longer than the dial timeout -- and only then a
+    late 408, so Asterisk's INVITE transaction (which outlives the call, up to Timer B =
+    32 s) ends instead of retransmitting to the next test's carrier; ``"trying"`` sends
+    100 Trying and then nothing more (Asterisk CANCELs it); a status code (e.g. 503) is
+    sent at once as the final response. Usable only with ``FaultyCarrier``."""
+
+    reply: int | Literal["silent", "trying"] = "silent"
+
+
+TRUNK_SILENT = TrunkFault(reply="silent", max_duration=8.0)
+TRUNK_503 = TrunkFault(reply=503)
+
+
+class FaultyCarrier(SipCarrier):
+    """``SipCarrier`` whose behaviours may also be ``TrunkFault``s."""
+
+    def _render_behaviour(self, i: int, b: CallBehaviour, contact_user: str) -> str:
+        if not isinstance(b, TrunkFault):
+            return super()._render_behaviour(i, b, contact_user)
+        if isinstance(b.reply, int):
+            reject = _render("uas_reject.xml", status=str(b.reply),
+                             reason=_REASONS.get(b.reply, "Failure"))
+            return _render("uas_behaviour.xml", b=f"b{i}", ring="", answer=reject)
+        wait = _render("uas_silent.xml", b=f"b{i}", max_ms=str(_ms(b.max_duration)))
+        if b.reply == "trying":
+            wait = (SIPP_DIR / "uas_trying.xml").read_text() + wait
+        return _render("uas_behaviour.xml", b=f"b{i}", ring=wait, answer="")
+
+
+# ------------------------------------------------------------------ many callers, one sipp
+
+
+@dataclass(frozen=True)
+class CallPlan:
+    """One call of ``SipCallers``: from ``number``; ``infos`` are ``(seconds after the
+    answer, digit)`` sent as SIP INFO; ``hangup_after`` seconds after the answer we send
+    BYE, else we wait for Asterisk's BYE up to ``max_duration`` (then hang up)."""
+
+    number: str
+    infos: Sequence[tuple[float, str]] = ()
+    hangup_after: float | None = None
+    max_duration: float = 60.0
+
+
+@dataclass
+class PlannedCallResult:
+    plan: CallPlan
+    call_id: str
+    answered_at: float | None
+    rejected_with: int | None
+    bye_received_at: float | None
+    bye_sent_at: float | None
+
+    @property
+    def hung_up_by(self) -> Literal["us", "them"] | None:
+        bye_in, bye_out = self.bye_received_at, self.bye_sent_at
+        if bye_in is not None and (bye_out is None or bye_in <= bye_out):
+            return "them"
+        return "us" if bye_out is not None else None
+
+
+class SipCallers:
+    """Many customers calling ``did`` from ONE sipp process (``-m len(plans)``), a new
+    call every ``interval`` seconds, each from its own number with its own plan (sipp
+    numbers the calls; an injection file maps call k to plan k)."""
+
+    def __init__(
+        self,
+        instance: AsteriskInstance,
+        did: str,
+        plans: Sequence[CallPlan],
+        *,
+        interval: float = 0.5,
+        label: str = "callers",
+    ) -> None:
+        if not plans:
+            raise ValueError("at least one CallPlan")
+        if len({p.number for p in plans}) != len(plans):
+            raise ValueError("one number per call")
+        self.instance = instance
+        self.did = did
+        self.plans = list(plans)
+        self.interval = interval
+        self._sipp = _Sipp(f"{label}-{did}")
+        host = instance.carrier_host
+        self.local_port = free_port(host)
+        self.media_port = media_port(host)
+        from_hdr = f"<sip:[field0]@{host}>"
+        longest = max(p.max_duration for p in plans)
+        tests, jumps, blocks = [], [], []
+        for k, plan in enumerate(plans):
+            if plan.hangup_after is not None and plan.hangup_after > plan.max_duration:
+                raise ValueError("hangup_after > max_duration")
+            tests.append(f'      <test assign_to="plan{k}" variable="plannum" compare="equal"'
+                         f' value="{k}"/>')
+            jumps.append(f'  <nop test="plan{k}" next="p{k}"/>')
+            cseq = [1]
+
+            def render_event(i: int, digit: str, k: int = k, cseq: list[int] = cseq) -> str:
+                cseq[0] += 1
+                return _info_xml(from_hdr, "[field0]", cseq[0], digit, f"p{k}i{i}")
+
+            timeline, last = _timeline(list(plan.infos), f"p{k}", render_event)
+            end = plan.hangup_after if plan.hangup_after is not None else plan.max_duration
+            if end > last:
+                timeline += (f'\n  <recv request="BYE" timeout="{_ms(end - last)}"'
+                             ' ontimeout="us_bye" next="gotbye"/>')
+            timeline += '\n  <nop next="us_bye"/>'
+            blocks.append(f'  <label id="p{k}"/>\n{timeline}')
+        jumps.append('  <nop next="us_bye"/>')  # no plan: should not happen
+        failures = "\n".join(
+            f'  <recv response="{c}" optional="true" next="rejected"'
+            f' timeout="{_ms(longest)}" ontimeout="cancel"/>'
+            for c in _FAILURE_CODES
+        )
+        self.scenario = self._sipp.write("callers.xml", _render(
+            "callers.xml",
+            answer_timeout_ms=str(_ms(longest)),
+            failures=failures,
+            dispatch_tests="\n".join(tests),
+            dispatch_jumps="\n".join(jumps),
+            plans="\n".join(blocks),
+        ))
+        self.injection = self._sipp.write(
+            "plans.csv",
+            "SEQUENTIAL\n" + "".join(f"{p.number};{k};\n" for k, p in enumerate(plans)),
+        )
+        self.max_duration = longest
+
+    def start(self) -> None:
+        """Start the calls (returns at once; they follow each other every ``interval``)."""
+        inst = self.instance
+        host = inst.carrier_host
+        n = len(self.plans)
+        self._sipp.start(
+            [
+                f"127.0.0.1:{inst.sip_port}",
+                "-sf", str(self.scenario),
+                "-inf", str(self.injection),
+                "-s", self.did,
+                "-i", host,
+                "-p", str(self.local_port),
+                "-mi", host,
+                "-mp", str(self.media_port),
+                "-m", str(n),
+                "-l", str(n),
+                "-r", "1",
+                "-rp", str(_ms(self.interval)),
+                "-timeout", f"{int(self.max_duration * 2 + n * self.interval + 30)}s",
+                "-timeout_error",
+            ]
+        )  # fmt: skip
+
+    @property
+    def returncode(self) -> int | None:
+        return self._sipp.returncode
+
+    async def wait(self, timeout: float) -> list[PlannedCallResult]:
+        """Wait for every call (the sipp process) to end; what each call saw."""
+        await self._sipp.wait(timeout)
+        return self.results()
+
+    def results(self) -> list[PlannedCallResult]:
+        by_number = {p.number: p for p in self.plans}
+        out: dict[str, PlannedCallResult] = {}
+        for m in self.messages():
+            cid = m.call_id
+            if cid not in out:
+                if not (m.direction == "sent" and m.method == "INVITE" and m.is_request):
+                    continue
+                _, number, _ = parse_name_addr(m.header("From") or "")
+                plan = by_number.get(number)
+                if plan is None:
+                    continue
+                out[cid] = PlannedCallResult(plan, cid, None, None, None, None)
+            r = out[cid]
+            if m.direction == "received" and m.method == "INVITE" and m.status is not None:
+                if m.status == 200 and r.answered_at is None:
+                    r.answered_at = m.time
+                elif m.status >= 300 and r.rejected_with is None:
+                    r.rejected_with = m.status
+            if m.is_request and m.method == "BYE":
+                if m.direction == "received" and r.bye_received_at is None:
+                    r.bye_received_at = m.time
+                if m.direction == "sent" and r.bye_sent_at is None:
+                    r.bye_sent_at = m.time
+        return list(out.values())
+
+    def messages(self) -> list[SipMessage]:
+        return self._sipp.messages()
+
+    def describe(self) -> str:
+        return self._sipp.describe()
+
+    def stop(self) -> None:
+        self._sipp.cleanup()
+
+
+# ------------------------------------------------------------------ quick start: demo caller
+
+
+@dataclass
+class DemoCall:
+    """The demo caller's own call to the DID, as its sipp saw it."""
+
+    call_id: str
+    challenged_with: int | None  # 401/407 to the first INVITE (digest auth asked)
+    answered_at: float | None  # wall time of the 200 OK to the authenticated INVITE
+    rejected_with: int | None  # final failure status after the challenge, if any
+    bye_received_at: float | None
+    bye_sent_at: float | None
+
+    @property
+    def hung_up_by(self) -> Literal["us", "them"] | None:
+        bye_in, bye_out = self.bye_received_at, self.bye_sent_at
+        if bye_in is not None and (bye_out is None or bye_in <= bye_out):
+            return "them"
+        return "us" if bye_out is not None else None
+
+    @property
+    def ended(self) -> bool:
+        return (self.bye_received_at is not None or self.bye_sent_at is not None
+                or self.rejected_with is not None)
+
+
+class DemoCallerPhone(_SipUas):
+    """The README quick start's demo caller softphone (sandbox ``demo_caller=True``).
+
+    ONE sipp process on 127.0.0.1, as one softphone: it REGISTERs as ``caller`` with
+    ``instance.caller_password``, then (once registered) dials ``did`` as that account:
+    From user ``caller`` (Asterisk identifies the endpoint by it and presents the
+    endpoint's own caller id, whatever display name ``from_name`` says), the INVITE's
+    digest challenge (401/407) answered with a second INVITE. ``digits``: ``(seconds
+    after the answer, digit)`` played as RFC 4733 RTP; then it waits for Asterisk's BYE
+    up to ``max_duration`` (then hangs up). Calls Asterisk sends to the registered
+    contact (the callback) follow ``behaviours`` as on any ``SipPhone``: ``calls()``.
+    """
+
+    user = "caller"
+
+    def __init__(
+        self,
+        instance: AsteriskInstance,
+        did: str,
+        *,
+        digits: Sequence[tuple[float, str]] = (),
+        from_name: str = "Softphone",
+        behaviours: CallBehaviour | Sequence[CallBehaviour] = CallBehaviour(),
+        max_duration: float = 60.0,
+    ) -> None:
+        if not instance.caller_password:
+            raise SipError("no demo caller account: start the sandbox with demo_caller=True")
+        super().__init__(
+            instance, "demo-caller", "127.0.0.1", free_port("127.0.0.1"), behaviours,
+            contact_user=self.user,
+        )  # fmt: skip
+        self.did = did
+        for _, d in digits:
+            _pcap(d)
+        timeline, last = _timeline([(t, d) for t, d in digits], "c", lambda _i, d: _play(d))
+        timeline += (
+            f'\n  <recv request="BYE" timeout="{_ms(max(max_duration - last, 0.001))}"'
+            ' ontimeout="us_bye" next="gotbye"/>'
+        )
+        failures = "\n".join(
+            f'  <recv response="{c}" optional="true" next="rejected"'
+            f' timeout="{_ms(max_duration)}" ontimeout="cancel"/>'
+            for c in _FAILURE_CODES
+        )
+        self.register_scenario = self._sipp.write(
+            "qs_demo_caller.xml",
+            _render(
+                "qs_demo_caller.xml",
+                user=self.user,
+                password=instance.caller_password,
+                from_name=f'"{from_name}"',
+                answer_timeout_ms=str(_ms(max_duration)),
+                failures=failures,
+                timeline=timeline,
+            ),
+        )
+
+    def start(self) -> None:
+        """Register, then place the call (returns at once)."""
+        assert self.register_scenario is not None
+        self._sipp.start(
+            [
+                f"127.0.0.1:{self.instance.sip_port}",
+                "-sf", str(self.register_scenario),
+                "-oocsf", str(self.scenario),
+                "-s", self.did,
+                "-m", "2",  # sipp call 1 registers, call 2 is the call to the DID
+                "-i", self.host,
+                "-p", str(self.port),
+                "-mi", self.host,
+                "-mp", str(self.media_port),
+                "-aa",
+            ]
+        )  # fmt: skip
+
+    def own_call(self) -> DemoCall | None:
+        """The call to the DID (None before its INVITE went out)."""
+        msgs = self.messages()
+        cid = next((m.call_id for m in msgs if m.direction == "sent" and m.is_request
+                    and m.method == "INVITE"), None)
+        if cid is None:
+            return None
+        call = DemoCall(cid, None, None, None, None, None)
+        for m in msgs:
+            if m.call_id != cid:
+                continue
+            if m.direction == "received" and not m.is_request and m.method == "INVITE":
+                status = m.status or 0
+                if status in (401, 407) and call.challenged_with is None:
+                    call.challenged_with = status
+                elif status == 200 and call.answered_at is None:
+                    call.answered_at = m.time
+                elif status >= 300 and status not in (401, 407) and call.rejected_with is None:
+                    call.rejected_with = status
+            elif m.is_request and m.method == "BYE":
+                if m.direction == "received":
+                    call.bye_received_at = call.bye_received_at or m.time
+                else:
+                    call.bye_sent_at = call.bye_sent_at or m.time
+        return call
+
+    async def wait_own_call(
+        self, predicate: Callable[[DemoCall], bool], timeout: float = 30.0
+    ) -> DemoCall:
+        """Wait until the call to the DID satisfies ``predicate``."""
+        deadline = time.monotonic() + timeout
+        while True:
+            call = self.own_call()
+            if call is not None and predicate(call):
+                return call
+            if self._sipp.returncode is not None:
+                raise SipError(f"sipp exited ({self._sipp.returncode})\n{self.describe()}")
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"demo caller's call: {call} after {timeout:.0f}s\n"
+                                   f"{self.describe()}")
+            await asyncio.sleep(0.05)
