@@ -24,9 +24,9 @@ from ivr.domain.numbers import parse_e164
 from ivr.domain.queues import QueueError
 from ivr.flows.caller import CallerSession
 from ivr.flows.context import FlowContext
+from ivr.flows.customer import CAUSE_BUSY, GRACE, CustomerCall, Dial
 from ivr.flows.session import (
     CANCEL,
-    GONE,
     PEER_GONE,
     ChannelSession,
     Handover,
@@ -39,14 +39,8 @@ from ivr.flows.switchboard import Switchboard
 
 log = logging.getLogger("ivr.flows.agents")
 
-# Asterisk hang-up causes on an originated leg that never answered (Q.850).
-CAUSE_BUSY = 17
+# Q.850 cause of an agent's phone refusing the offer (besides busy, 17).
 CAUSE_REJECTED = 21
-CAUSE_NO_ANSWER = (18, 19)
-CAUSE_BAD_NUMBER = (1, 2, 3, 22, 28)  # unallocated, no route, changed, invalid format
-
-# Extra seconds past an originate timeout before we give up on Asterisk telling us.
-GRACE = 5.0
 # How long a caller's session may take to hand its channel over (stop MOH / a prompt).
 HANDOVER_TIMEOUT = 5.0
 
@@ -71,18 +65,6 @@ class Ring(StrEnum):
     ANSWERED = "answered"
     SILENT = "silent"
     REJECTED = "rejected"
-    CANCELLED = "cancelled"
-
-
-class Dial(StrEnum):
-    """A callback attempt's result; the values are the history's ``reason``."""
-
-    ANSWERED = "answered"
-    BUSY = "busy"
-    NO_ANSWER = "noanswer"
-    FAILED = "failed"
-    UNVERIFIED = "unverified"
-    TRUNK_FAILURE = "trunk_failure"
     CANCELLED = "cancelled"
 
 
@@ -113,7 +95,7 @@ class AgentLeg(ChannelSession):
         self.answered = False
         self.bridge_id: str | None = None
         self.peer_id: str | None = None  # the caller's or the customer's channel
-        self.customer: _CustomerRoute | None = None
+        self.customer: CustomerCall | None = None
         self.last_cause = 0  # Q.850 cause of a hang-up request on our leg
         #: in conversation (bridged): a graceful stop leaves it running
         self.talking = False
@@ -134,7 +116,7 @@ class AgentLeg(ChannelSession):
             self.outcome = await self.agent_hung_up()
         finally:
             if self.customer is not None:
-                self.switchboard.unregister(self.customer)
+                self.customer.close()
             if not self.detached:
                 await self.teardown()
                 await self.release_offer()
@@ -278,14 +260,16 @@ class AgentLeg(ChannelSession):
             return await self.tell_agent_failed()
         self.ctx.publish(events.OfferAccepted(self.q.name, self.item.id, agent=self.agent.id))
         self.board.set_status(self.agent, AgentStatus.BUSY, self.item.id)
-        result = await self.dial_customer(self.ctx.cfg.outbound.dial_string(number))
+        self.customer = CustomerCall(self, self.ctx, self.q, self.item.id, self.agent.id,
+                                     self.switchboard)
+        self.peer_id = self.customer.channel_id  # teardown hangs it up, whatever happens
+        result = await self.customer.dial(self.ctx.cfg.outbound.dial_string(number))
         if result == Dial.CANCELLED:
             return await self.withdrawn()
         if result != Dial.ANSWERED:
             await self.attempt_failed(result)
             return await self.tell_agent_failed()
         await self.quietly(self.ari.stop_ringing(self.channel_id))
-        assert self.peer_id is not None  # set by dial_customer
         try:
             await self.bridge(self.peer_id)
         except ari.AriError as exc:
@@ -363,83 +347,6 @@ class AgentLeg(ChannelSession):
             return CANCEL
         return ev.digit if isinstance(ev, ari.ChannelDtmfReceived) else ""
 
-    async def dial_customer(self, dial_string: str) -> Dial:
-        """R8: originate to the customer through the trunk; the agent hears ringback.
-
-        Trunk failure: the call ended without the customer's side ever ringing (no 180/
-        183 from the carrier: it never answered the INVITE, or refused it with 5xx).
-        A customer's phone that does not answer always rang first."""
-        customer_id = uuid.uuid4().hex
-        self.peer_id = customer_id
-        self.customer = _CustomerRoute(self, customer_id)
-        self.switchboard.register(self.customer)  # its events come to this inbox
-        await self.quietly(self.ari.start_ringing(self.channel_id))
-        try:
-            await self.ari.originate(
-                dial_string,
-                app_args=f"customer,{self.item.id}",
-                caller_id=f'"{self.q.caller_id}" <{self.q.caller_id}>',
-                timeout=self.ctx.cfg.outbound.dial_timeout,
-                channel_id=customer_id,
-                variables={"PJSIP_HEADER(add,X-Work-Item)": self.item.id},
-            )
-        except ari.AriError as exc:
-            self.log.error("callback originate failed: %s", exc)
-            return Dial.TRUNK_FAILURE
-        self.ctx.publish(events.CustomerDialled(self.q.name, self.item.id, agent=self.agent.id))
-        deadline = self.ctx.now() + self.ctx.cfg.outbound.dial_timeout + GRACE
-        dialstatus = ""
-        rang = False
-        while True:
-            ev = await self.next(deadline)
-            if ev is None:
-                await self.hangup_peer()
-                return Dial.NO_ANSWER if rang else Dial.TRUNK_FAILURE
-            if _is_cancel(ev):
-                await self.hangup_peer()
-                return Dial.CANCELLED
-            if isinstance(ev, ari.Dial) and ev.peer.id == customer_id and ev.dialstatus:
-                dialstatus = ev.dialstatus
-                rang = rang or dialstatus in ("RINGING", "PROGRESS")
-            if isinstance(ev, ari.ChannelDestroyed | ari.StasisEnd) and \
-                    ev.channel_id == customer_id:
-                cause = ev.cause if isinstance(ev, ari.ChannelDestroyed) else 0
-                if dialstatus == "BUSY" or cause == CAUSE_BUSY:
-                    return Dial.BUSY
-                if not rang:
-                    # The number itself was refused (unallocated, no route, changed,
-                    # invalid format): the customer's side, counted as an attempt.
-                    return Dial.FAILED if cause in CAUSE_BAD_NUMBER else Dial.TRUNK_FAILURE
-                if cause in CAUSE_NO_ANSWER or dialstatus in ("NOANSWER", "RINGING"):
-                    return Dial.NO_ANSWER
-                return Dial.FAILED
-            if isinstance(ev, ari.StasisStart) and ev.channel.id == customer_id:
-                if self.q.verify_customer and not await self.verify():
-                    await self.hangup_peer()
-                    return Dial.UNVERIFIED
-                return Dial.ANSWERED
-
-    async def verify(self) -> bool:
-        """R8 option: the customer confirms with 1 (during the prompt or within
-        ``preview_timeout``), so agents never talk to voicemail; then "connecting"."""
-        assert self.peer_id is not None
-        customer = self.peer_id
-        deadline = self.ctx.now() + self.q.preview_timeout
-        got = await self.play_until([self.ctx.prompt(self.q, "verify_customer")], {"1"},
-                                    channel_id=customer)
-        if got == "":
-            ev = await self.wait_for(
-                lambda e: e.channel_id == customer and (
-                    (isinstance(e, ari.ChannelDtmfReceived) and e.digit == "1")
-                    or isinstance(e, ari.StasisEnd | ari.ChannelDestroyed)),
-                deadline,
-            )
-            got = "1" if isinstance(ev, ari.ChannelDtmfReceived) else GONE
-        if got != "1":
-            return False
-        connecting = [self.ctx.prompt(self.q, "connecting")]
-        return await self.play_until(connecting, channel_id=customer) != GONE
-
     # ------------------------------------------------------------------ conversation
 
     async def bridge(self, peer_id: str) -> None:
@@ -490,17 +397,3 @@ class AgentLeg(ChannelSession):
         if self.bridge_id is not None:
             with contextlib.suppress(ari.AriError):
                 await self.ari.destroy_bridge(self.bridge_id)
-
-
-class _CustomerRoute(ChannelSession):
-    """Routes a callback customer's channel events into its agent leg's inbox: the
-    switchboard's table holds sessions, and this is the customer's entry in it."""
-
-    def __init__(self, leg: AgentLeg, channel_id: str) -> None:
-        super().__init__(leg.ari, channel_id, log, leg.clock)
-        self.leg = leg
-        # Resync treats it like its leg: a running session whose channel may vanish.
-        self.task = leg.task
-
-    def deliver(self, item: ari.Event | Message) -> None:
-        self.leg.deliver(item)

@@ -35,7 +35,7 @@ class CallerSession(ChannelSession):
         self,
         ctx: FlowContext,
         channel: ari.Channel,
-        queue_name: str,
+        queue: QueueConfig,
         item: WorkItem | None = None,
         *,
         adopted: bool = False,
@@ -44,7 +44,7 @@ class CallerSession(ChannelSession):
         self.adopted = adopted
         self.ctx = ctx
         self.channel = channel
-        self.queue_name = queue_name
+        self.q = queue
         self.item = item
         self.moh_on = False
         self.offered = False
@@ -58,34 +58,22 @@ class CallerSession(ChannelSession):
 
     async def run(self) -> None:
         try:
-            q = self.ctx.queue(self.queue_name)
-            if q is None:
-                await self.refuse_unknown_queue()
-                return
-            await self.join_queue(q)
-            await self.wait_in_queue(q)
+            await self.join_queue()
+            await self.wait_in_queue()
         except Hangup:
             await self.left()
         finally:
             self.ended.set()
 
-    async def refuse_unknown_queue(self) -> None:
-        self.log.error("Stasis argument names no configured queue: %r; hanging up politely",
-                       self.queue_name)
-        self.ctx.publish(events.CallToUnknownQueue(queue=self.queue_name))
-        await self.quietly(self.ari.answer(self.channel_id))
-        await self.play_until([self.ctx.prompt(None, "unavailable")])
-        await self.hangup()
-
-    async def join_queue(self, q: QueueConfig) -> None:
+    async def join_queue(self) -> None:
         """R1: answer, music on hold, a work item at the back of the queue."""
         if self.item is None:
             await self.quietly(self.ari.answer(self.channel_id))
             # R13: the caller id is parsed once, in the queue's region, and stored in
             # E.164; everything later (offer, press 1, dial) reads the stored form.
-            parsed = self.ctx.guards[q.name].parse(self.channel.caller_number)
+            parsed = self.ctx.guards[self.q.name].parse(self.channel.caller_number)
             self.item = self.ctx.engine.arrive(
-                q.name, channel_id=self.channel_id,
+                self.q.name, channel_id=self.channel_id,
                 number=parsed.e164 if parsed is not None else None,
                 # Adopted after a restart before its arrival was committed: the channel's
                 # creation time (Asterisk's clock) is the best arrival we have. Otherwise
@@ -93,12 +81,11 @@ class CallerSession(ChannelSession):
                 arrived_at=(self.channel.created_at or None) if self.adopted else None,
             )
             await self.ctx.commit()
-            self.ctx.publish(events.CallerArrived(q.name, self.item.id))
+            self.ctx.publish(events.CallerArrived(self.q.name, self.item.id))
         self.extra["item"] = self.item.id[:12]
-        self.log.info("caller waiting in %s at position %d", q.name,
+        self.log.info("caller waiting in %s at position %d", self.q.name,
                       self.ctx.engine.position(self.item.id))
-        await self.music(q, on=True)
-        self.ctx.publish(events.WorkChanged(q.name, self.item.id))
+        self.ctx.publish(events.WorkChanged(self.q.name, self.item.id))
 
     async def on_crash(self) -> None:
         await self.left()
@@ -130,135 +117,134 @@ class CallerSession(ChannelSession):
             return
         super().deliver(item)
 
-    async def wait_in_queue(self, q: QueueConfig) -> None:
+    async def wait_in_queue(self) -> None:
         """R3/R5: offers at first_offer_after, then every repeat_offer_every, until the
         caller takes a callback, hangs up (``Hangup``) or an agent takes the call."""
         assert self.item is not None
-        next_offer = self.item.arrived_at + q.first_offer_after
+        next_offer = self.item.arrived_at + self.q.first_offer_after
         while True:
+            # Waiting is on hold: whatever was played last (an offer, an apology, a
+            # failed entry), the music comes back here, once (R3).
+            await self.music(on=True)
             self.takes_handovers = True
             ev = await self.next(deadline=next_offer)
             choice: str | Handover | None = None
             if ev is None:
                 now = self.ctx.now()
                 while next_offer <= now:
-                    next_offer += q.repeat_offer_every
-                if not self.may_offer(q):
+                    next_offer += self.q.repeat_offer_every
+                if not self.may_offer():
                     continue
-                played = await self.offer(q)
+                played = await self.offer()
                 choice = played if isinstance(played, str | Handover) else None
-                if choice == "":
-                    await self.music(q, on=True)
-                    continue
             elif isinstance(ev, Handover):
                 choice = ev
             elif (
                 isinstance(ev, ari.ChannelDtmfReceived)
                 and self.offered
-                and (ev.digit == "1" or (ev.digit == "2" and q.alternate_number))
+                and (ev.digit == "1" or (ev.digit == "2" and self.q.alternate_number))
             ):
                 # R5: after the first offer, a 1 at any time counts; other keys are ignored.
                 choice = ev.digit
             if isinstance(choice, Handover):
-                await self.hand_over(choice, q)
+                await self.hand_over(choice)
                 return
             self.takes_handovers = False
             if choice in ("1", "2"):
                 self.ctx.held.add(self.item.id)
                 try:
-                    if await self.choose_callback(q, choice):
+                    if await self.choose_callback(choice):
                         return
                 finally:
                     self.ctx.held.discard(self.item.id)
-                    self.ctx.publish(events.WorkChanged(q.name, self.item.id))
+                    self.ctx.publish(events.WorkChanged(self.q.name, self.item.id))
 
-    async def choose_callback(self, q: QueueConfig, key: str) -> bool:
+    async def choose_callback(self, key: str) -> bool:
         """The caller pressed 1 (own number) or 2 (another number). True when the call
         is over (callback committed, or already scheduled); False to keep waiting."""
         assert self.item is not None
-        number = self.item.number if key == "1" else await self.enter_alternate(q)
+        number = self.item.number if key == "1" else await self.enter_alternate()
         if key == "2" and number is None:
-            await self.music(q, on=True)
             return False
-        return await self.take_callback(q, number)
+        return await self.take_callback(number)
 
-    def may_offer(self, q: QueueConfig) -> bool:
+    def may_offer(self) -> bool:
         """R2 overflow, R13 number guard, R14 hours: checked at each offer time."""
         assert self.item is not None
         item = self.ctx.engine.get(self.item.id)
         if item.state != State.WAITING:
             return False  # being offered to an agent right now: about to be connected
-        if not self.ctx.engine.in_overflow(q.name):
+        if not self.ctx.engine.in_overflow(self.q.name):
             return False
-        if q.hours is not None and q.stop_offers_before_close > 0:
+        if self.q.hours is not None and self.q.stop_offers_before_close > 0:
             now = self.ctx.now()
-            if q.hours.is_open(now) and q.hours.seconds_to_close(now) < q.stop_offers_before_close:
+            closing = self.q.hours.seconds_to_close(now) < self.q.stop_offers_before_close
+            if self.q.hours.is_open(now) and closing:
                 return False
-        if q.alternate_number:
+        if self.q.alternate_number:
             return True  # a caller without a usable number may still give another one
-        reason = self.ctx.guards[q.name].check(item.number)
+        reason = self.ctx.guards[self.q.name].check(item.number)
         if reason is not None:
             self.log.info("no callback offer: number refused (%s)", reason)
             return False
         return True
 
-    async def offer(self, q: QueueConfig) -> str | Message:
+    async def offer(self) -> str | Message:
         """Stop the music, play the offer; a 1 (or 2) barges in. An agent taking the
         caller (a ``Handover``) stops the offer at once."""
         assert self.item is not None
         self.offered = True
-        self.ctx.publish(events.OfferPlayed(q.name, self.item.id))
-        await self.music(q, on=False)
-        media = [self.ctx.prompt(q, "offer")]
+        self.ctx.publish(events.OfferPlayed(self.q.name, self.item.id))
+        await self.music(on=False)
+        media = [self.ctx.prompt(self.q, "offer")]
         digits = {"1"}
-        if q.alternate_number:
-            media.append(self.ctx.prompt(q, "offer_alternate"))
+        if self.q.alternate_number:
+            media.append(self.ctx.prompt(self.q, "offer_alternate"))
             digits.add("2")
         self.log.info("callback offer played")
         return await self.play_until(media, digits,
                                      on_message=lambda m: isinstance(m, Handover))
 
-    async def announce(self, q: QueueConfig, prompt_id: str) -> None:
-        """R3: music stops for a prompt and comes back after it."""
-        await self.music(q, on=False)
-        await self.play_until([self.ctx.prompt(q, prompt_id)])
-        await self.music(q, on=True)
+    async def announce(self, prompt_id: str) -> None:
+        """R3: the music stops for a prompt; it comes back when the caller is waiting
+        again (the top of ``wait_in_queue``)."""
+        await self.music(on=False)
+        await self.play_until([self.ctx.prompt(self.q, prompt_id)])
 
-    async def music(self, q: QueueConfig, *, on: bool) -> None:
+    async def music(self, *, on: bool) -> None:
         # A playback stops MOH and Asterisk 22 does not resume it: we track it ourselves.
-        if on:
-            await self.quietly(self.ari.start_moh(self.channel_id, q.moh_class))
-        elif self.moh_on:
+        if on and not self.moh_on:
+            await self.quietly(self.ari.start_moh(self.channel_id, self.q.moh_class))
+        elif not on and self.moh_on:
             await self.quietly(self.ari.stop_moh(self.channel_id))
         self.moh_on = on
 
     # ------------------------------------------------------------------ press 1
 
-    async def take_callback(self, q: QueueConfig, number: str | None) -> bool:
+    async def take_callback(self, number: str | None) -> bool:
         """R6: commit the callback at the same place, then confirm and hang up.
         Returns False when the caller has to keep waiting instead."""
         assert self.item is not None
-        self.ctx.publish(events.CallbackRequested(q.name, self.item.id))
+        self.ctx.publish(events.CallbackRequested(self.q.name, self.item.id))
         if self.ctx.engine.get(self.item.id).state != State.WAITING:
             # An agent is being rung for this caller right now: the agent leg wins.
             self.log.info("key pressed while an agent is being rung; ignored")
             return False
-        if number is None or self.ctx.guards[q.name].check(number) is not None:
+        if number is None or self.ctx.guards[self.q.name].check(number) is not None:
             # Pressed 1 without a number we may call (withheld): nothing to convert.
             self.log.info("callback refused: no callable number")
-            await self.announce(q, "invalid_number")
+            await self.announce("invalid_number")
             return False
         before_number = self.item.number
         try:
             item = self.ctx.engine.convert_to_callback(self.item.id, number)
         except DuplicateCallback:
             self.log.info("callback already scheduled for this number; caller told")
-            self.ctx.publish(events.DuplicateRequest(q.name, self.item.id))
+            self.ctx.publish(events.DuplicateRequest(self.q.name, self.item.id))
             self.ctx.engine.cancel(self.item.id, "duplicate")
             await self.ctx.commit()
-            self.ctx.publish(events.ItemClosed(q.name, self.item.id))
-            await self.music(q, on=False)
-            await self.final_words(q, "already_scheduled")
+            self.ctx.publish(events.ItemClosed(self.q.name, self.item.id))
+            await self.final_words("already_scheduled")
             return True
         except InvalidTransition as exc:
             self.log.warning("callback not taken: %s", exc)
@@ -269,41 +255,41 @@ class CallerSession(ChannelSession):
         if not await self.ctx.commit():
             self.item = self.ctx.engine.undo_convert(item.id, self.channel_id, before_number)
             await self.ctx.commit()
-            self.ctx.publish(events.CallbackNotStored(q.name, item.id))
+            self.ctx.publish(events.CallbackNotStored(self.q.name, item.id))
             self.log.error("callback request not stored; the caller keeps waiting in place")
-            await self.announce(q, "request_failed")
+            await self.announce("request_failed")
             return False
         self.item = item
-        self.ctx.publish(events.CallbackCommitted(q.name, item.id))
+        self.ctx.publish(events.CallbackCommitted(self.q.name, item.id))
         self.log.info("callback committed at position %d", self.ctx.engine.position(item.id))
-        self.ctx.publish(events.WorkChanged(q.name, item.id))
-        await self.music(q, on=False)
-        await self.final_words(q, "confirmation")
+        self.ctx.publish(events.WorkChanged(self.q.name, item.id))
+        await self.final_words("confirmation")
         return True
 
-    async def final_words(self, q: QueueConfig, prompt_id: str) -> None:
+    async def final_words(self, prompt_id: str) -> None:
         """Play a last prompt to its end, then hang up. A hang-up meanwhile changes
         nothing: what was committed stands."""
         try:
-            await self.play_until([self.ctx.prompt(q, prompt_id)])
+            await self.music(on=False)
+            await self.play_until([self.ctx.prompt(self.q, prompt_id)])
         except Hangup:
             return
         await self.hangup()
 
     # ------------------------------------------------------------------ press 2
 
-    async def enter_alternate(self, q: QueueConfig) -> str | None:
+    async def enter_alternate(self) -> str | None:
         """R13: "press 2 to enter a different number", read back, same validation.
         Three bad tries send the caller back to waiting."""
-        await self.music(q, on=False)
-        guard = self.ctx.guards[q.name]
+        await self.music(on=False)
+        guard = self.ctx.guards[self.q.name]
         for _ in range(MAX_ENTRY_TRIES):
             # Parsed once, in the queue's region, like a caller id (R13).
-            number = guard.parse(await self.collect_digits(q))
+            number = guard.parse(await self.collect_digits())
             if number is not None and guard.check(number) is None:
-                readback = [self.ctx.prompt(q, "number_readback"),
+                readback = [self.ctx.prompt(self.q, "number_readback"),
                             *say_digits(number.national),
-                            self.ctx.prompt(q, "confirm_number")]
+                            self.ctx.prompt(self.q, "confirm_number")]
                 answer = await self.play_until(readback, {"1", "2"})
                 if answer == "":
                     ev = await self.wait_for(
@@ -314,14 +300,14 @@ class CallerSession(ChannelSession):
                 if answer == "1":
                     return number.e164
                 continue
-            await self.play_until([self.ctx.prompt(q, "invalid_number")])
-        await self.play_until([self.ctx.prompt(q, "back_to_queue")])
+            await self.play_until([self.ctx.prompt(self.q, "invalid_number")])
+        await self.play_until([self.ctx.prompt(self.q, "back_to_queue")])
         return None
 
-    async def collect_digits(self, q: QueueConfig) -> str:
+    async def collect_digits(self) -> str:
         digits: list[str] = []
         first = await self.play_until(
-            [self.ctx.prompt(q, "enter_number")], set("0123456789#")
+            [self.ctx.prompt(self.q, "enter_number")], set("0123456789#")
         )
         if isinstance(first, str) and first:
             if first == "#":
@@ -342,12 +328,35 @@ class CallerSession(ChannelSession):
 
     # ------------------------------------------------------------------ agent takes over
 
-    async def hand_over(self, handover: Handover, q: QueueConfig) -> None:
+    async def hand_over(self, handover: Handover) -> None:
         """R3/R9: an agent takes the call. Stop the music (a prompt was stopped by
         ``play_until``), accept, and from here the agent leg owns this channel's fate."""
         self.handover = handover
-        await self.music(q, on=False)
+        await self.music(on=False)
         handover.accept()
         # Stay alive only to notice the hang-up (``left`` tells the agent leg).
         while True:
             await self.next()
+
+
+class UnknownQueueCall(ChannelSession):
+    """A call whose Stasis argument names no configured queue (a dialplan mistake):
+    answered, told the service is unavailable, hung up; nothing is queued."""
+
+    def __init__(self, ctx: FlowContext, channel: ari.Channel, queue_name: str) -> None:
+        super().__init__(ctx.ari, channel.id, log, ctx.clock)
+        self.ctx = ctx
+        self.queue_name = queue_name
+
+    async def run(self) -> None:
+        self.log.error("Stasis argument names no configured queue: %r; hanging up politely",
+                       self.queue_name)
+        self.ctx.publish(events.CallToUnknownQueue(queue=self.queue_name))
+        try:
+            await self.quietly(self.ari.answer(self.channel_id))
+            await self.play_until([self.ctx.prompt(None, "unavailable")])
+            await self.hangup()
+        except Hangup:
+            pass
+        finally:
+            self.ended.set()

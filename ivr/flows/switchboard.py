@@ -19,7 +19,7 @@ from collections.abc import Callable
 from ivr import ari
 from ivr.domain.events import WorkChanged
 from ivr.domain.items import OPEN_STATES, Kind, WorkItem
-from ivr.flows.caller import CallerSession
+from ivr.flows.caller import CallerSession, UnknownQueueCall
 from ivr.flows.context import FlowContext
 from ivr.flows.session import ChannelSession, Hangup
 
@@ -110,7 +110,14 @@ class Switchboard:
             self._tasks.add(task)
             task.add_done_callback(self._tasks.discard)
             return
-        self.start(CallerSession(self.ctx, ev.channel, role))
+        self.start(self._caller(ev.channel, role))
+
+    def _caller(self, channel: ari.Channel, queue_name: str, item: WorkItem | None = None,
+                *, adopted: bool = False) -> ChannelSession:
+        queue = self.ctx.queue(queue_name)
+        if queue is None:
+            return UnknownQueueCall(self.ctx, channel, queue_name)
+        return CallerSession(self.ctx, channel, queue, item, adopted=adopted)
 
     async def _hangup(self, channel_id: str) -> None:
         try:
@@ -148,7 +155,7 @@ class Switchboard:
                 continue
             item = by_channel.get(c.id)
             log.info("adopting caller channel %s (stored item: %s)", c.id, bool(item))
-            self.start(CallerSession(self.ctx, c, role, item=item, adopted=True))
+            self.start(self._caller(c, role, item, adopted=True))
         # Live items whose channel vanished while we were away (Asterisk restarted).
         for channel_id, item in by_channel.items():
             if channel_id not in present and item.channel_id not in self.sessions:

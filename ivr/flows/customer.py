@@ -1,0 +1,159 @@
+"""A callback's customer leg (SPEC R8, R10): dial the customer through the trunk, tell
+what came of it, optionally have the customer confirm before the agent is connected.
+
+The customer's channel events are routed into its agent leg's inbox (``_Route``), so the
+leg's script reads both channels in order; ``CustomerCall`` is the customer half of that
+script, run by the leg.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import uuid
+from enum import StrEnum
+
+from ivr import ari
+from ivr.config import QueueConfig
+from ivr.domain import events
+from ivr.flows.context import FlowContext
+from ivr.flows.session import CANCEL, GONE, ChannelSession, Message
+from ivr.flows.switchboard import Switchboard
+
+log = logging.getLogger("ivr.flows.agents")
+
+# Asterisk hang-up causes on an originated leg that never answered (Q.850).
+CAUSE_BUSY = 17
+CAUSE_NO_ANSWER = (18, 19)
+CAUSE_BAD_NUMBER = (1, 2, 3, 22, 28)  # unallocated, no route, changed, invalid format
+
+# Extra seconds past an originate timeout before we give up on Asterisk telling us.
+GRACE = 5.0
+
+
+class Dial(StrEnum):
+    """A callback attempt's result; the values are the history's ``reason``."""
+
+    ANSWERED = "answered"
+    BUSY = "busy"
+    NO_ANSWER = "noanswer"
+    FAILED = "failed"
+    UNVERIFIED = "unverified"
+    TRUNK_FAILURE = "trunk_failure"
+    CANCELLED = "cancelled"
+
+
+def _is_cancel(ev: object) -> bool:
+    return isinstance(ev, Message) and ev.kind == CANCEL
+
+
+class CustomerCall:
+    """One attempt to reach the customer of a callback, on behalf of the agent's leg
+    (``leg``: its session, whose inbox and playback helpers this script uses)."""
+
+    def __init__(self, leg: ChannelSession, ctx: FlowContext, q: QueueConfig, item_id: str,
+                 agent_id: str, switchboard: Switchboard) -> None:
+        self.leg = leg
+        self.ctx = ctx
+        self.q = q
+        self.item_id = item_id
+        self.agent_id = agent_id
+        self.switchboard = switchboard
+        self.channel_id = uuid.uuid4().hex
+        self._route = _Route(leg, self.channel_id)
+        switchboard.register(self._route)  # its events come to the leg's inbox
+
+    def close(self) -> None:
+        self.switchboard.unregister(self._route)
+
+    async def dial(self, dial_string: str) -> Dial:
+        """R8: originate to the customer through the trunk; the agent hears ringback.
+
+        Trunk failure: the call ended without the customer's side ever ringing (no 180/
+        183 from the carrier: it never answered the INVITE, or refused it with 5xx).
+        A customer's phone that does not answer always rang first."""
+        leg, q, ctx = self.leg, self.q, self.ctx
+        customer_id = self.channel_id
+        await leg.quietly(leg.ari.start_ringing(leg.channel_id))
+        try:
+            await leg.ari.originate(
+                dial_string,
+                app_args=f"customer,{self.item_id}",
+                caller_id=f'"{q.caller_id}" <{q.caller_id}>',
+                timeout=ctx.cfg.outbound.dial_timeout,
+                channel_id=customer_id,
+                variables={"PJSIP_HEADER(add,X-Work-Item)": self.item_id},
+            )
+        except ari.AriError as exc:
+            leg.log.error("callback originate failed: %s", exc)
+            return Dial.TRUNK_FAILURE
+        ctx.publish(events.CustomerDialled(q.name, self.item_id, agent=self.agent_id))
+        deadline = ctx.now() + ctx.cfg.outbound.dial_timeout + GRACE
+        dialstatus = ""
+        rang = False
+        while True:
+            ev = await leg.next(deadline)
+            if ev is None:
+                await self.hangup()
+                return Dial.NO_ANSWER if rang else Dial.TRUNK_FAILURE
+            if _is_cancel(ev):
+                await self.hangup()
+                return Dial.CANCELLED
+            if isinstance(ev, ari.Dial) and ev.peer.id == customer_id and ev.dialstatus:
+                dialstatus = ev.dialstatus
+                rang = rang or dialstatus in ("RINGING", "PROGRESS")
+            if isinstance(ev, ari.ChannelDestroyed | ari.StasisEnd) and \
+                    ev.channel_id == customer_id:
+                cause = ev.cause if isinstance(ev, ari.ChannelDestroyed) else 0
+                if dialstatus == "BUSY" or cause == CAUSE_BUSY:
+                    return Dial.BUSY
+                if not rang:
+                    # The number itself was refused (unallocated, no route, changed,
+                    # invalid format): the customer's side, counted as an attempt.
+                    return Dial.FAILED if cause in CAUSE_BAD_NUMBER else Dial.TRUNK_FAILURE
+                if cause in CAUSE_NO_ANSWER or dialstatus in ("NOANSWER", "RINGING"):
+                    return Dial.NO_ANSWER
+                return Dial.FAILED
+            if isinstance(ev, ari.StasisStart) and ev.channel.id == customer_id:
+                if q.verify_customer and not await self.verify():
+                    await self.hangup()
+                    return Dial.UNVERIFIED
+                return Dial.ANSWERED
+
+    async def verify(self) -> bool:
+        """R8 option: the customer confirms with 1 (during the prompt or within
+        ``preview_timeout``), so agents never talk to voicemail; then "connecting"."""
+        leg, q, customer = self.leg, self.q, self.channel_id
+        deadline = self.ctx.now() + q.preview_timeout
+        got = await leg.play_until([self.ctx.prompt(q, "verify_customer")], {"1"},
+                                   channel_id=customer)
+        if got == "":
+            ev = await leg.wait_for(
+                lambda e: e.channel_id == customer and (
+                    (isinstance(e, ari.ChannelDtmfReceived) and e.digit == "1")
+                    or isinstance(e, ari.StasisEnd | ari.ChannelDestroyed)),
+                deadline,
+            )
+            got = "1" if isinstance(ev, ari.ChannelDtmfReceived) else GONE
+        if got != "1":
+            return False
+        connecting = [self.ctx.prompt(q, "connecting")]
+        return await leg.play_until(connecting, channel_id=customer) != GONE
+
+    async def hangup(self) -> None:
+        with contextlib.suppress(ari.AriNotFound, ari.AriConflict):
+            await self.leg.ari.hangup(self.channel_id)
+
+
+class _Route(ChannelSession):
+    """Routes a callback customer's channel events into its agent leg's inbox: the
+    switchboard's table holds sessions, and this is the customer's entry in it."""
+
+    def __init__(self, leg: ChannelSession, channel_id: str) -> None:
+        super().__init__(leg.ari, channel_id, log, leg.clock)
+        self.leg = leg
+        # Resync treats it like its leg: a running session whose channel may vanish.
+        self.task = leg.task
+
+    def deliver(self, item: ari.Event | Message) -> None:
+        self.leg.deliver(item)
