@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import contextlib
 import logging
-import uuid
 from collections.abc import Callable
 from enum import StrEnum
 
@@ -35,7 +34,7 @@ from ivr.flows.session import (
     say_digits,
     say_number,
 )
-from ivr.flows.switchboard import Switchboard
+from ivr.flows.switchboard import Switchboard, leg_channel_id
 
 log = logging.getLogger("ivr.flows.agents")
 
@@ -81,7 +80,7 @@ class AgentLeg(ChannelSession):
 
     def __init__(self, ctx: FlowContext, board: AgentBoard, switchboard: Switchboard,
                  agent: Agent, item: WorkItem) -> None:
-        super().__init__(ctx.ari, uuid.uuid4().hex, log, ctx.clock)
+        super().__init__(ctx.ari, leg_channel_id(ctx.cfg.ari.app, "agent"), log, ctx.clock)
         self.ctx = ctx
         self.board = board
         self.switchboard = switchboard

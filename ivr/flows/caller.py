@@ -169,8 +169,11 @@ class CallerSession(ChannelSession):
         return await self.take_callback(number)
 
     def may_offer(self) -> bool:
-        """R2 overflow, R13 number guard, R14 hours: checked at each offer time."""
+        """R2 overflow, R13 number guard, R14 hours: checked at each offer time. No new
+        offers once a graceful stop began."""
         assert self.item is not None
+        if self.ctx.stopping:
+            return False
         item = self.ctx.engine.get(self.item.id)
         if item.state != State.WAITING:
             return False  # being offered to an agent right now: about to be connected
@@ -355,6 +358,26 @@ class UnknownQueueCall(ChannelSession):
         try:
             await self.quietly(self.ari.answer(self.channel_id))
             await self.play_until([self.ctx.prompt(None, "unavailable")])
+            await self.hangup()
+        except Hangup:
+            pass
+        finally:
+            self.ended.set()
+
+
+class AlreadyConfirmed(ChannelSession):
+    """A caller whose callback was committed before the service restarted, still on the
+    line (they were hearing the confirmation): the confirmation again, then goodbye."""
+
+    def __init__(self, ctx: FlowContext, channel: ari.Channel, queue: QueueConfig) -> None:
+        super().__init__(ctx.ari, channel.id, log, ctx.clock)
+        self.ctx = ctx
+        self.q = queue
+
+    async def run(self) -> None:
+        try:
+            await self.quietly(self.ari.stop_moh(self.channel_id))
+            await self.play_until([self.ctx.prompt(self.q, "confirmation")])
             await self.hangup()
         except Hangup:
             pass

@@ -42,6 +42,8 @@ class FlowContext:
         #: items whose caller is busy (choosing a callback, entering a number): the
         #: dispatcher does not offer them to agents meanwhile; they keep their place
         self.held: set[str] = set()
+        #: a graceful stop began: no new offers, no new callers (see Dispatcher.drain)
+        self.stopping = False
 
     def publish(self, event: Event) -> None:
         self.notifier.publish(event)

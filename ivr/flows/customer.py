@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import contextlib
 import logging
-import uuid
 from enum import StrEnum
 
 from ivr import ari
@@ -18,14 +17,20 @@ from ivr.config import QueueConfig
 from ivr.domain import events
 from ivr.flows.context import FlowContext
 from ivr.flows.session import CANCEL, GONE, ChannelSession, Message
-from ivr.flows.switchboard import Switchboard
+from ivr.flows.switchboard import Switchboard, leg_channel_id
 
 log = logging.getLogger("ivr.flows.agents")
 
 # Asterisk hang-up causes on an originated leg that never answered (Q.850).
 CAUSE_BUSY = 17
 CAUSE_NO_ANSWER = (18, 19)
-CAUSE_BAD_NUMBER = (1, 2, 3, 22, 28)  # unallocated, no route, changed, invalid format
+# A final response that says the network, not the number, failed: 503 congestion (34),
+# 500 network out of order (38), 502 destination out of order (27), 504 (102), temporary
+# failure (41), switching congestion (42), resource unavailable (47), and 408 / no user
+# responding (18: what SIP timer B gives a carrier that never answered, at 32 s, when
+# dial_timeout is longer). Other refusals (404 unallocated, 480, 603 declined...) are the
+# customer's side and count as an attempt.
+CAUSE_TRUNK = (18, 27, 34, 38, 41, 42, 47, 102)
 
 # Extra seconds past an originate timeout before we give up on Asterisk telling us.
 GRACE = 5.0
@@ -41,6 +46,23 @@ class Dial(StrEnum):
     UNVERIFIED = "unverified"
     TRUNK_FAILURE = "trunk_failure"
     CANCELLED = "cancelled"
+
+
+def _classify(dialstatus: str, rang: bool, refused: int | None, cause: int) -> Dial:
+    """What an unanswered attempt means (measured on Asterisk 22 with a SIP carrier):
+    busy is busy; a customer's phone that rang and was not answered is no answer; a
+    carrier that never answered the INVITE at all (no ringing, no final response: the
+    originate timed out) or refused it for a network reason is a trunk failure; any
+    other immediate refusal is the number's (counted as an attempt)."""
+    if dialstatus == "BUSY" or cause == CAUSE_BUSY or refused == CAUSE_BUSY:
+        return Dial.BUSY
+    if rang:
+        if cause in CAUSE_NO_ANSWER or dialstatus in ("NOANSWER", "RINGING"):
+            return Dial.NO_ANSWER
+        return Dial.FAILED
+    if refused is None or refused in CAUSE_TRUNK:
+        return Dial.TRUNK_FAILURE
+    return Dial.FAILED
 
 
 def _is_cancel(ev: object) -> bool:
@@ -59,7 +81,7 @@ class CustomerCall:
         self.item_id = item_id
         self.agent_id = agent_id
         self.switchboard = switchboard
-        self.channel_id = uuid.uuid4().hex
+        self.channel_id = leg_channel_id(ctx.cfg.ari.app, "customer")
         self._route = _Route(leg, self.channel_id)
         switchboard.register(self._route)  # its events come to the leg's inbox
 
@@ -91,6 +113,7 @@ class CustomerCall:
         deadline = ctx.now() + ctx.cfg.outbound.dial_timeout + GRACE
         dialstatus = ""
         rang = False
+        refused: int | None = None  # cause of an immediate final response (no ringing)
         while True:
             ev = await leg.next(deadline)
             if ev is None:
@@ -102,18 +125,17 @@ class CustomerCall:
             if isinstance(ev, ari.Dial) and ev.peer.id == customer_id and ev.dialstatus:
                 dialstatus = ev.dialstatus
                 rang = rang or dialstatus in ("RINGING", "PROGRESS")
+            if isinstance(ev, ari.ChannelStateChange) and ev.channel_id == customer_id \
+                    and ev.channel.state == "Ringing":
+                rang = True
+            if isinstance(ev, ari.ChannelHangupRequest) and ev.channel_id == customer_id:
+                # Asterisk 22 sends one only for a final SIP response; the originate
+                # timeout (a carrier that never answered the INVITE) sends none.
+                refused = ev.cause
             if isinstance(ev, ari.ChannelDestroyed | ari.StasisEnd) and \
                     ev.channel_id == customer_id:
                 cause = ev.cause if isinstance(ev, ari.ChannelDestroyed) else 0
-                if dialstatus == "BUSY" or cause == CAUSE_BUSY:
-                    return Dial.BUSY
-                if not rang:
-                    # The number itself was refused (unallocated, no route, changed,
-                    # invalid format): the customer's side, counted as an attempt.
-                    return Dial.FAILED if cause in CAUSE_BAD_NUMBER else Dial.TRUNK_FAILURE
-                if cause in CAUSE_NO_ANSWER or dialstatus in ("NOANSWER", "RINGING"):
-                    return Dial.NO_ANSWER
-                return Dial.FAILED
+                return _classify(dialstatus, rang, refused, cause)
             if isinstance(ev, ari.StasisStart) and ev.channel.id == customer_id:
                 if q.verify_customer and not await self.verify():
                     await self.hangup()

@@ -111,6 +111,7 @@ class Dispatcher:
         to ``grace`` seconds to finish. Conversations are left up in their bridges (the
         next instance watches them) and waiting callers stay in Stasis (re-adopted)."""
         self.accepting = False
+        self.ctx.stopping = True
         for leg in list(self.legs.values()):
             if not leg.talking and leg.agent.status in (
                     AgentStatus.RINGING, AgentStatus.PREVIEWING):

@@ -14,12 +14,13 @@ import asyncio
 import contextlib
 import logging
 import time
+import uuid
 from collections.abc import Callable
 
 from ivr import ari
 from ivr.domain.events import WorkChanged
 from ivr.domain.items import OPEN_STATES, Kind, WorkItem
-from ivr.flows.caller import CallerSession, UnknownQueueCall
+from ivr.flows.caller import AlreadyConfirmed, CallerSession, UnknownQueueCall
 from ivr.flows.context import FlowContext
 from ivr.flows.session import ChannelSession, Hangup
 
@@ -27,6 +28,12 @@ log = logging.getLogger("ivr.flows.switchboard")
 
 # Stasis arguments of the legs we originate ourselves: "<role>,<work item id>".
 LEG_ROLES = ("agent", "customer")
+
+
+def leg_channel_id(app: str, role: str) -> str:
+    """The id we give a channel we originate: recognisable after a restart even before
+    it enters Stasis (a customer's phone still ringing is in Dial, not in our app)."""
+    return f"{app}-{role}-{uuid.uuid4().hex}"
 
 
 class Switchboard:
@@ -102,6 +109,11 @@ class Switchboard:
         if existing is not None:
             existing.deliver(ev)  # a leg we originated has answered
             return
+        if self.ctx.stopping:
+            # A graceful stop takes no new callers: the channel waits in Stasis (ringing)
+            # for the next instance, which adopts it.
+            log.info("stopping: caller channel %s left for the next start", ev.channel.id)
+            return
         role = ev.args[0] if ev.args else ""
         if role in LEG_ROLES:
             # A leg originated by an earlier run of the app: nobody waits for it now.
@@ -138,8 +150,18 @@ class Switchboard:
             if channel_id not in present and session.task is not None:
                 session.deliver(_gone(channel_id, self.ctx.cfg.ari.app))
         by_channel = self._open_items_by_channel()
+        confirmed = self._callbacks_by_origin()
         prefix = self.ctx.cfg.ari.app + ","
         watched = await self._adopt_conversations(present)
+        leg_prefixes = tuple(f"{self.ctx.cfg.ari.app}-{role}-" for role in LEG_ROLES)
+        for c in channels:
+            if c.id.startswith(leg_prefixes) and c.id not in self.sessions \
+                    and c.id not in watched and c.app_name != "Stasis":
+                # Originated by an earlier run and not answered yet (a customer's phone
+                # still ringing): nobody waits for it now, and the item will be dialled
+                # again; without this the customer's phone would ring twice at once.
+                log.warning("stray leg %s (%s) after resync; hanging up", c.id, c.state)
+                await self._hangup(c.id)
         for c in channels:
             if c.id in self.sessions or c.app_name != "Stasis":
                 continue
@@ -152,6 +174,17 @@ class Switchboard:
                     continue
                 log.warning("stray %s leg %s after resync; hanging up", role, c.id)
                 await self._hangup(c.id)
+                continue
+            if c.id in confirmed:
+                # Its callback was committed before we went away (the caller was hearing
+                # the confirmation): confirm again and say goodbye, never queue it anew.
+                log.info("[item=%s] caller with a committed callback still on the line",
+                         confirmed[c.id].id[:12])
+                queue = self.ctx.queue(confirmed[c.id].queue)
+                if queue is not None:
+                    self.start(AlreadyConfirmed(self.ctx, c, queue))
+                else:
+                    await self._hangup(c.id)
                 continue
             item = by_channel.get(c.id)
             log.info("adopting caller channel %s (stored item: %s)", c.id, bool(item))
@@ -199,6 +232,17 @@ class Switchboard:
                 log.debug("destroy of orphan bridge %s: %s", bridge_id, exc)
             log.info("cleaned up orphan bridge %s (%d channel(s))", bridge_id, len(ours))
         return watched
+
+    def _callbacks_by_origin(self) -> dict[str, WorkItem]:
+        """Open callbacks by the channel the caller pressed 1 on (their ``arrived``
+        history entry): that channel may still be up after a restart."""
+        out: dict[str, WorkItem] = {}
+        for item in self.ctx.engine.open_items():
+            if item.kind == Kind.CALLBACK and item.history:
+                origin = item.history[0].detail.get("channel")
+                if origin:
+                    out[origin] = item
+        return out
 
     def _open_items_by_channel(self) -> dict[str, WorkItem]:
         out: dict[str, WorkItem] = {}
