@@ -9,7 +9,7 @@ from typing import Any
 import yaml
 
 from ivr.config import Config, load
-from ivr.sandbox import AsteriskInstance
+from rig.sandbox import AsteriskInstance
 
 REPO = Path(__file__).resolve().parent.parent
 

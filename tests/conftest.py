@@ -13,8 +13,8 @@ from typing import Any
 
 import pytest
 
-from ivr import sandbox
-from ivr.sandbox import AsteriskInstance
+from rig import sandbox
+from rig.sandbox import AsteriskInstance
 from tests import sip
 from tests.observer import AriObserver
 from tests.sip import SipCaller, SipCarrier, SipPhone
@@ -47,6 +47,19 @@ def finish_asterisk(inst: AsteriskInstance) -> None:
         inst.stop()
     else:
         inst.remove()
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Tiers: every test that needs the real Asterisk (the ``asterisk`` fixture, or a
+    sandbox of its own) is marked ``asterisk``; ``-m "not asterisk"`` is the fast tier
+    that runs without root in under a minute."""
+    for item in items:
+        if "asterisk" in getattr(item, "fixturenames", ()) or item.path.name in OWN_SANDBOX:
+            item.add_marker(pytest.mark.asterisk)
+
+
+# Test modules that start a sandboxed Asterisk of their own (not the shared fixture).
+OWN_SANDBOX = frozenset({"test_quickstart.py", "test_restart.py", "test_rig.py"})
 
 
 @pytest.fixture(autouse=True)

@@ -62,7 +62,7 @@ from ivr.app import Service
 from ivr.ari import AriClient
 from ivr.config import Config
 from ivr.config import load as load_config
-from ivr.sandbox import free_port
+from rig.sandbox import free_port
 
 FIXTURES = Path(__file__).resolve().parent / "fixtures"
 REPO = FIXTURES.parent.parent
@@ -842,7 +842,7 @@ async def service_on(
 
 
 def record(out: Path = FIXTURES) -> None:  # pragma: no cover - run by hand, as root
-    """Record the fixtures from the sandboxed Asterisk 22 (``ivr.sandbox``): what the
+    """Record the fixtures from the sandboxed Asterisk 22 (``rig.sandbox``): what the
     events websocket of app ``ivr`` carries, frame by frame, and the REST answers."""
     frames, marks, rest = asyncio.run(_record())
     out.mkdir(parents=True, exist_ok=True)
@@ -855,7 +855,7 @@ def record(out: Path = FIXTURES) -> None:  # pragma: no cover - run by hand, as 
 async def _record() -> tuple[list[str], list[int], list[Event]]:  # pragma: no cover
     import aiohttp
 
-    from ivr import sandbox
+    from rig import sandbox
     from tests.sip import CallBehaviour, SipCaller, SipPhone
 
     inst = sandbox.start(sandbox.provision(), config_src=REPO / "asterisk-config",

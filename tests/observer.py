@@ -17,7 +17,7 @@ from typing import Any
 
 import aiohttp
 
-from ivr.sandbox import AsteriskInstance
+from rig.sandbox import AsteriskInstance
 
 Event = dict[str, Any]
 

@@ -38,7 +38,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import Literal
 
-from ivr.sandbox import AsteriskInstance, die_with_parent_preexec, free_port
+from rig.sandbox import AsteriskInstance, die_with_parent_preexec, free_port
 
 SIPP_DIR = Path(__file__).resolve().parent / "sipp"
 PCAP_DIR = Path("/usr/share/sip-tester")

@@ -13,7 +13,7 @@ import pytest
 from ivr.app import Service, running
 from ivr.domain.agents import AgentStatus
 from ivr.domain.items import Kind, State
-from ivr.sandbox import AsteriskInstance
+from rig.sandbox import AsteriskInstance
 from tests.appcfg import write_config
 from tests.observer import AriObserver, Event
 from tests.sip import BUSY, RING_FOREVER, CallBehaviour, ReceivedCall, SipCaller, SipPhone

@@ -12,7 +12,7 @@ from typing import TypeVar
 import pytest
 
 from ivr import ari
-from ivr.sandbox import AsteriskInstance
+from rig.sandbox import AsteriskInstance
 from tests.sip import SipCaller
 from tests.tcpproxy import TcpProxy
 
@@ -189,6 +189,7 @@ def test_parse_event_tolerates_odd_shapes() -> None:
     assert isinstance(pb, ari.PlaybackFinished) and pb.channel_id == "abc"
 
 
+@pytest.mark.asterisk
 async def test_asterisk_restart_reconnects_by_itself() -> None:
     """Asterisk goes away and comes back (same ports): the client retries with backoff
     and reconnects without help; REST calls meanwhile fail as AriUnavailable."""

@@ -18,8 +18,8 @@ import pytest
 
 from ivr.app import Service, running
 from ivr.domain.items import Kind, State
-from ivr.sandbox import AsteriskInstance
 from ivr.store import SqliteStore
+from rig.sandbox import AsteriskInstance
 from tests.appcfg import write_config
 from tests.observer import AriObserver, Event
 from tests.sip import SipCaller

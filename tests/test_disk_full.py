@@ -20,7 +20,7 @@ import pytest
 
 from ivr.app import running
 from ivr.domain.items import Kind, State
-from ivr.sandbox import AsteriskInstance
+from rig.sandbox import AsteriskInstance
 from tests.appcfg import write_config
 from tests.observer import AriObserver
 from tests.sip import SipCaller

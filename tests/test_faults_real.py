@@ -30,7 +30,7 @@ from typing import Any
 import aiohttp
 import pytest
 
-from ivr.sandbox import AsteriskInstance, die_with_parent_preexec, free_port
+from rig.sandbox import AsteriskInstance, die_with_parent_preexec, free_port
 from tests.appcfg import write_config
 from tests.observer import AriObserver, Event
 from tests.sip import (

@@ -1,6 +1,6 @@
 """The README's "Quick start" walked as a newcomer would, on a real Asterisk 22 with
 real SIP: the sandbox started as ``scripts/up`` starts it (``--demo-caller``, here on
-free ports), the config written by ``scripts/quickstart.py`` (the offer timing
+free ports), the config written by ``rig/quickstart.py`` (the offer timing
 shortened: tests never wait the real 30 s), the service run as ``scripts/up`` runs it
 (``ivr run <config>``, a subprocess), the API driven with the ``curl`` command
 ``scripts/up`` prints, and two sipp softphones: the agent registering as ``regagent``
@@ -36,8 +36,8 @@ import aiohttp
 import pytest
 
 from ivr.config import load
-from ivr.sandbox import DEMO_CALLER_NUMBER, AsteriskInstance, die_with_parent_preexec, free_port
-from scripts import quickstart
+from rig import quickstart
+from rig.sandbox import DEMO_CALLER_NUMBER, AsteriskInstance, die_with_parent_preexec, free_port
 from tests.conftest import finish_asterisk, start_asterisk
 from tests.observer import AriObserver, Event
 from tests.sip import CallBehaviour, DemoCallerPhone, SipPhone
@@ -164,7 +164,7 @@ async def _healthy(url: str, proc: asyncio.subprocess.Process, log: Path,
 async def qs(tmp_path: Path) -> AsyncIterator[QuickStart]:
     """``scripts/up`` on free ports: the sandbox with the demo caller, the quick-start
     config (offer after 2 s), ``ivr run`` in the background; plus the observer."""
-    # As `python -m ivr.sandbox up --demo-caller --sip-port P --http-port H` does.
+    # As `python -m rig.sandbox up --demo-caller --sip-port P --http-port H` does.
     inst = start_asterisk(demo_caller=True, sip_port=free_port(),
                           http_port=free_port(udp=False))
     stack = contextlib.AsyncExitStack()

@@ -14,7 +14,7 @@ import aiohttp
 
 from ivr.app import running
 from ivr.domain.items import Kind
-from ivr.sandbox import AsteriskInstance, free_port
+from rig.sandbox import AsteriskInstance, free_port
 from tests.appcfg import write_config
 from tests.observer import AriObserver
 from tests.sip import SipCaller

@@ -16,7 +16,7 @@ from typing import Any
 import aiohttp
 import pytest
 
-from ivr.sandbox import AsteriskInstance
+from rig.sandbox import AsteriskInstance
 from tests.conftest import finish_asterisk, start_asterisk
 from tests.observer import AriObserver, Event
 from tests.sip import BUSY, CallBehaviour, SipCaller, SipCarrier, SipPhone

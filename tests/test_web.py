@@ -14,7 +14,7 @@ import pytest
 
 from ivr.app import running
 from ivr.domain.agents import AgentStatus
-from ivr.sandbox import AsteriskInstance, free_port
+from rig.sandbox import AsteriskInstance, free_port
 from tests.appcfg import write_config
 from tests.fakeari import FakeAri, service_on
 

@@ -88,7 +88,8 @@ def provision(cache_dir: Path = DEFAULT_CACHE) -> Path:
             f"--include={MMDEBSTRAP_PACKAGES}",
             "sid",
             str(tmp),
-            "http://deb.debian.org/debian",
+            # No mirror argument: mmdebstrap's default source for the suite works here
+            # (and honours the machine's apt configuration, e.g. a local mirror).
         ]
         proc = subprocess.run(cmd, capture_output=True, text=True, check=False)
         if proc.returncode != 0 or not (tmp / "usr/sbin/asterisk").exists():
@@ -570,7 +571,7 @@ STATE_FILE = "asterisk.json"
 
 
 def _main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m ivr.sandbox", description=__doc__)
+    parser = argparse.ArgumentParser(prog="python -m rig.sandbox", description=__doc__)
     sub = parser.add_subparsers(dest="cmd", required=True)
     p_prov = sub.add_parser("provision", help="build (or reuse) the Asterisk rootfs")
     p_prov.add_argument("--cache-dir", type=Path, default=DEFAULT_CACHE)

@@ -1,7 +1,7 @@
 """The quick start's service config (README "Quick start"), written by ``scripts/up``.
 
 ``write_config(state_dir, api_port)`` reads the sandboxed Asterisk that
-``python -m ivr.sandbox up --demo-caller --state-dir <state_dir>`` described in
+``python -m rig.sandbox up --demo-caller --state-dir <state_dir>`` described in
 ``<state_dir>/asterisk.json`` and writes ``<state_dir>/config.yaml`` (mode 0600) for
 ``ivr run``: region US, queues ``support`` (DID 5550100) and ``sales`` (DID 5550200) in
 overflow with one waiting caller (``max_waiting: 1``) or an estimated wait over 2 min,
@@ -10,7 +10,7 @@ softphone) and one agent ``agent`` on the registering account. The API bearer to
 kept in ``<state_dir>/api_token`` (0600, made once). ``tests/test_quickstart.py`` walks
 the README's steps on this very config, with shorter offer timings.
 
-``python scripts/quickstart.py STATE_DIR API_PORT`` writes it and prints the softphone
+``python -m rig.quickstart STATE_DIR API_PORT`` writes it and prints the softphone
 accounts and what to try.
 """
 
@@ -36,11 +36,11 @@ DEMO_AGENT = "agent"
 
 
 def _instance(state_dir: Path) -> dict[str, Any]:
-    """What ``ivr.sandbox up`` wrote about the Asterisk it started."""
+    """What ``rig.sandbox up`` wrote about the Asterisk it started."""
     path = state_dir / "asterisk.json"
     if not path.exists():
         raise SystemExit(f"no {path}: start Asterisk first "
-                         f"(python -m ivr.sandbox up --demo-caller --state-dir {state_dir})")
+                         f"(python -m rig.sandbox up --demo-caller --state-dir {state_dir})")
     data = json.loads(path.read_text())
     if not isinstance(data, dict) or not data.get("caller_password"):
         raise SystemExit(f"{path}: not an Asterisk started with --demo-caller "
