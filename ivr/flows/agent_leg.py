@@ -12,7 +12,6 @@ from __future__ import annotations
 import contextlib
 import logging
 from collections.abc import Callable
-from enum import StrEnum
 
 from ivr import ari
 from ivr.config import QueueConfig
@@ -24,6 +23,7 @@ from ivr.domain.queues import QueueError
 from ivr.flows.caller import CallerSession
 from ivr.flows.context import FlowContext
 from ivr.flows.customer import CAUSE_BUSY, GRACE, CustomerCall, Dial
+from ivr.flows.outcome import RING_OUTCOME, Outcome, Ring
 from ivr.flows.session import (
     CANCEL,
     PEER_GONE,
@@ -42,33 +42,6 @@ log = logging.getLogger("ivr.flows.agents")
 CAUSE_REJECTED = 21
 # How long a caller's session may take to hand its channel over (stop MOH / a prompt).
 HANDOVER_TIMEOUT = 5.0
-
-
-class Outcome(StrEnum):
-    """How an offer ended, for the agent's next status."""
-
-    TALKED = "talked"  # a conversation took place: wrap-up
-    UNANSWERED = "unanswered"  # the phone rang out, or the agent was silent in the preview
-    REJECTED = "rejected"  # the phone refused the call (busy, DND)
-    DECLINED = "declined"  # the agent said no (2, or hung up in the preview)
-    WITHDRAWN = "withdrawn"  # the item closed or the caller left meanwhile
-    ATTEMPT_FAILED = "attempt_failed"  # the customer was not reached (busy, no answer, trunk)
-
-    @property
-    def unresponsive(self) -> bool:
-        """R7/R9: the agent did not take an offered call: set not-ready."""
-        return self in (Outcome.UNANSWERED, Outcome.REJECTED)
-
-
-class Ring(StrEnum):
-    ANSWERED = "answered"
-    SILENT = "silent"
-    REJECTED = "rejected"
-    CANCELLED = "cancelled"
-
-
-_RING_OUTCOME = {Ring.SILENT: Outcome.UNANSWERED, Ring.REJECTED: Outcome.REJECTED,
-                 Ring.CANCELLED: Outcome.WITHDRAWN}
 
 
 def _is_cancel(ev: object) -> bool:
@@ -203,7 +176,7 @@ class AgentLeg(ChannelSession):
         caller_id = f'"{name}" <{self.item.number or "anonymous"}>'
         answer = await self.ring_agent(caller_id, "inbound")
         if answer != Ring.ANSWERED:
-            return _RING_OUTCOME[answer]
+            return RING_OUTCOME[answer]
         if not await Handover(self).offer(caller, HANDOVER_TIMEOUT):
             # Gone, or busy entering another number: the offer goes back (run()).
             self.log.info("caller not available to connect as the agent answered")
@@ -236,7 +209,7 @@ class AgentLeg(ChannelSession):
         answer = await self.ring_agent(f'"CALLBACK {number.national}" <{number.e164}>',
                                        "callback")
         if answer != Ring.ANSWERED:
-            return _RING_OUTCOME[answer]
+            return RING_OUTCOME[answer]
         self.board.set_status(self.agent, AgentStatus.PREVIEWING, self.item.id)
         choice = await self.preview(number.national)
         if choice == CANCEL:
@@ -371,7 +344,7 @@ class AgentLeg(ChannelSession):
         if not self.answered:
             ring = self._unanswered_cause()
             await self.return_offer(timed_out=ring == Ring.SILENT)
-            return _RING_OUTCOME[ring]
+            return RING_OUTCOME[ring]
         if item.state == State.OFFERED:
             await self.return_offer(timed_out=False)
             return Outcome.DECLINED

@@ -20,8 +20,9 @@ from collections.abc import Callable
 from ivr import ari
 from ivr.domain.events import WorkChanged
 from ivr.domain.items import OPEN_STATES, Kind, WorkItem
-from ivr.flows.caller import AlreadyConfirmed, CallerSession, UnknownQueueCall
+from ivr.flows.caller import CallerSession
 from ivr.flows.context import FlowContext
+from ivr.flows.courtesy import AlreadyConfirmed, UnknownQueueCall
 from ivr.flows.session import ChannelSession, Hangup
 
 log = logging.getLogger("ivr.flows.switchboard")
