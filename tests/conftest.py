@@ -1,52 +1,24 @@
-"""Shared fixtures for tests against a real Asterisk 22 (see ivr/sandbox.py).
+"""Shared fixtures for tests against a real Asterisk 22 (see rig/sandbox.py).
 
 ``asterisk`` (session): one sandboxed Asterisk for the whole run. Tests keep out of
 each other's way by using their own DID 7xxx (queue ``q7xxx``) and their own peers.
+The helpers behind these fixtures live in ``tests/support/`` and ``tests/peers/``.
 """
 
 from __future__ import annotations
 
-import os
 from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from rig import sandbox
 from rig.sandbox import AsteriskInstance
-from tests import sip
-from tests.observer import AriObserver
-from tests.sip import SipCaller, SipCarrier, SipPhone
-
-REPO = Path(__file__).resolve().parent.parent
-
-
-def start_asterisk(**kwargs: Any) -> AsteriskInstance:
-    """Provision (once) and start a sandboxed Asterisk; FAIL (never skip) if impossible."""
-    if os.geteuid() != 0:
-        pytest.fail(
-            "the real-Asterisk tests need root (chroot, mmdebstrap): run pytest as root",
-            pytrace=False,
-        )
-    try:
-        rootfs = sandbox.provision()
-        return sandbox.start(
-            rootfs,
-            config_src=REPO / "asterisk-config",
-            prompts_src=REPO / "prompts",
-            **kwargs,
-        )
-    except sandbox.SandboxError as exc:
-        pytest.fail(f"cannot run the sandboxed Asterisk: {exc}", pytrace=False)
-
-
-def finish_asterisk(inst: AsteriskInstance) -> None:
-    """Stop; keep the run dir (logs, config) only when IVR_KEEP_RUNS is set."""
-    if os.environ.get("IVR_KEEP_RUNS"):
-        inst.stop()
-    else:
-        inst.remove()
+from tests import peers
+from tests.peers import SipCaller, SipCarrier, SipPhone
+from tests.support.asterisk import finish_asterisk, start_asterisk
+from tests.support.observer import AriObserver
+from tests.support.service import StartService, serving
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
@@ -65,7 +37,7 @@ OWN_SANDBOX = frozenset({"test_quickstart.py", "test_restart.py", "test_rig.py"}
 @pytest.fixture(autouse=True)
 def _no_sipp_left_behind() -> Iterator[None]:
     yield
-    sip.stop_all()
+    peers.stop_all()
 
 
 @pytest.fixture(scope="session")
@@ -86,6 +58,16 @@ async def ari_observer(asterisk: AsteriskInstance) -> AsyncIterator[AriObserver]
         yield obs
     finally:
         await obs.close()
+
+
+@pytest.fixture
+async def service(asterisk: AsteriskInstance, tmp_path: Path) -> AsyncIterator[StartService]:
+    """``await service(queues, agents=None, *, not_ready=(), wait_reachable=True, **top)``
+    starts the real service in-process (``tests/support/service.py``: ``serving``);
+    agents listed in ``not_ready`` are set not-ready before any call arrives. Every
+    service started is stopped at teardown."""
+    async with serving(asterisk, tmp_path) as start:
+        yield start
 
 
 @pytest.fixture

@@ -55,14 +55,13 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import unquote
 
-import yaml
 from aiohttp import WSMsgType, web
 
 from ivr.app import Service
 from ivr.ari import AriClient
 from ivr.config import Config
-from ivr.config import load as load_config
 from rig.sandbox import free_port
+from tests.support.config import write as write_test_config
 
 FIXTURES = Path(__file__).resolve().parent / "fixtures"
 REPO = FIXTURES.parent.parent
@@ -788,26 +787,14 @@ def fake_config(
     agents: Mapping[str, Mapping[str, Any]] | None = None,
     **top: Any,
 ) -> Config:
-    """A real config file (like ``tests/appcfg.py``) pointed at the fake: region US,
-    queue ``support`` (DID ``did-support``) unless ``queues`` says otherwise, no agents
-    unless given, the repo's prompts; ``top`` adds/overrides top-level keys."""
+    """A real config file (``tests.support.config.write``) pointed at the fake: queue
+    ``support`` (DID ``did-support``) unless ``queues`` says otherwise, no agents unless
+    given; ``top`` adds/overrides top-level keys."""
     qdoc = {name: {"did": f"did-{name}", "caller_id": "2015550100", **FAST_QUEUE, **q}
             for name, q in (queues or {"support": {}}).items()}
-    doc: dict[str, Any] = {
-        "region": "US",
-        "ari": {"url": fake.url, "user": fake.user, "password": fake.password,
-                "app": fake.app},
-        "store": {"path": str(tmp_path / "ivr.sqlite3")},
-        "prompts": {"dir": str(REPO / "prompts"), "asterisk_dir": "/prompts"},
-        "outbound": {"dial": "PJSIP/{number}@carrier", "dial_timeout": "5s"},
-        "queues": qdoc,
-        "agents": dict(agents or {}),
-        "log_level": "DEBUG",
-        **top,
-    }
-    path = tmp_path / "config.yaml"
-    path.write_text(yaml.safe_dump(doc, sort_keys=False))
-    return load_config(path, env={})
+    ari = {"url": fake.url, "user": fake.user, "password": fake.password, "app": fake.app}
+    return write_test_config(tmp_path, ari=ari, asterisk_dir="/prompts", queues=qdoc,
+                             agents=agents, **top)
 
 
 @contextlib.asynccontextmanager
@@ -856,7 +843,7 @@ async def _record() -> tuple[list[str], list[int], list[Event]]:  # pragma: no c
     import aiohttp
 
     from rig import sandbox
-    from tests.sip import CallBehaviour, SipCaller, SipPhone
+    from tests.peers import CallBehaviour, SipCaller, SipPhone
 
     inst = sandbox.start(sandbox.provision(), config_src=REPO / "asterisk-config",
                          prompts_src=REPO / "prompts")

@@ -4,72 +4,26 @@ that receives the callbacks (SPEC R7-R11, R14, R15)."""
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Callable, Mapping
-from pathlib import Path
+from collections.abc import Callable
 from typing import Any
 
-import pytest
-
-from ivr.app import Service, running
+from ivr.app import Service
 from ivr.domain.agents import AgentStatus
 from ivr.domain.items import Kind, State
-from rig.sandbox import AsteriskInstance
-from tests.appcfg import write_config
-from tests.observer import AriObserver, Event
-from tests.sip import BUSY, RING_FOREVER, CallBehaviour, ReceivedCall, SipCaller, SipPhone
-from tests.test_caller_flow import (
-    SHORT,
-    _stored_item,
-    caller_channel,
-    is_playback,
-    playbacks,
-    ts,
-    until,
-)
+from tests.peers import BUSY, RING_FOREVER, CallBehaviour, ReceivedCall, SipCaller, SipPhone
+from tests.support.config import CB_QUEUE, agents_cfg
+from tests.support.observer import AriObserver, Event
+from tests.support.observing import bridged, caller_channel, is_playback, playbacks, ts
+from tests.support.store import stored_item
+from tests.support.waiting import until
 
 ACCEPT = CallBehaviour(answer_after=0.3, digits=[(0.6, "1")])
 DECLINE = CallBehaviour(answer_after=0.3, digits=[(0.6, "2")])
 SILENT = CallBehaviour(answer_after=0.3)
 
 
-def agents_cfg(*names: str, queue: str) -> dict[str, dict[str, Any]]:
-    return {n: {"endpoint": f"PJSIP/{n}", "queues": [queue]} for n in names}
-
-
-@pytest.fixture
-async def service(
-    asterisk: AsteriskInstance, tmp_path: Path
-) -> AsyncIterator[Callable[..., Any]]:
-    """``await service(queues, agents, not_ready=[...])``: the real service in-process;
-    agents listed in ``not_ready`` are set not-ready before any call arrives."""
-    stack: list[Any] = []
-
-    async def start(queues: Mapping[str, Mapping[str, Any]],
-                    agents: Mapping[str, Mapping[str, Any]],
-                    not_ready: tuple[str, ...] = (),
-                    wait_reachable: bool = True) -> Service:
-        cfg = write_config(asterisk, tmp_path, queues, agents)
-        cm = running(cfg)
-        svc = await cm.__aenter__()
-        stack.append(cm)
-        if wait_reachable:
-            await until(lambda: all(a.reachable for a in svc.board))
-        for name in not_ready:
-            svc.board.set_ready(name, False)
-        return svc
-
-    yield start
-    for cm in reversed(stack):
-        await cm.__aexit__(None, None, None)
-
-
 def status(svc: Service, agent: str) -> AgentStatus:
     return svc.board.get(agent).status
-
-
-def bridged(obs: AriObserver, chan: str) -> list[Event]:
-    return obs.find(lambda e: e.get("type") == "ChannelEnteredBridge"
-                    and e["channel"]["id"] == chan)
 
 
 async def nothing_left(svc: Service) -> None:
@@ -80,10 +34,10 @@ async def nothing_left(svc: Service) -> None:
     assert await svc.ari.list_bridges() == []
 
 
-async def request_callback(asterisk: AsteriskInstance, obs: AriObserver, did: str,
+async def request_callback(sip_caller: Callable[..., SipCaller], obs: AriObserver, did: str,
                            number: str) -> str:
     """A caller waits, hears the offer, presses 1, is hung up on; returns the channel."""
-    c = SipCaller(asterisk, did, caller=number, digits=[(1.6, "1")], max_duration=30)
+    c = sip_caller(did, caller=number, digits=[(1.6, "1")], max_duration=30)
     c.start()
     chan, _ = await caller_channel(obs, number)
     result = await c.wait(30)
@@ -91,21 +45,17 @@ async def request_callback(asterisk: AsteriskInstance, obs: AriObserver, did: st
     return chan
 
 
-CB_QUEUE = {"max_waiting": None, "max_ewt": "30s", "first_offer_after": "1s",
-            "repeat_offer_every": "60s", "prompts": SHORT}
-
-
 # ---------------------------------------------------------------------- inbound (R9)
 
 
 async def test_inbound_caller_is_bridged_to_the_free_agent(
-    asterisk: AsteriskInstance, ari_observer: AriObserver, service: Callable[..., Any],
+    ari_observer: AriObserver, sip_caller: Callable[..., SipCaller], service: Callable[..., Any],
     sip_phone: Callable[..., SipPhone],
 ) -> None:
     svc = await service({"q7201": {"max_waiting": 5, "wrap_up": "2s"}},
                         agents_cfg("agent1", queue="q7201"))
     phone = sip_phone("agent1", behaviours=CallBehaviour(answer_after=0.5, hangup_after=3.0))
-    caller = SipCaller(asterisk, "7201", caller="2015550201", caller_name="Ada", max_duration=30)
+    caller = sip_caller("7201", caller="2015550201", caller_name="Ada", max_duration=30)
     caller.start()
     chan, _ = await caller_channel(ari_observer, "2015550201")
     [call] = await phone.wait_for_calls(1, 20)
@@ -121,7 +71,7 @@ async def test_inbound_caller_is_bridged_to_the_free_agent(
     [done] = await phone.wait_for_calls(1, 10, lambda c: c.ended)
     assert done.bye_sent_at is not None and result.bye_received_at is not None
     assert result.bye_received_at >= done.bye_sent_at - 0.5
-    stored = await _stored_item(svc, "2015550201")
+    stored = await stored_item(svc, "2015550201")
     assert stored.state == State.CONNECTED
     # Wrap-up after the call, then available again by itself.
     await until(lambda: status(svc, "agent1") == AgentStatus.WRAP_UP, timeout=10)
@@ -130,7 +80,7 @@ async def test_inbound_caller_is_bridged_to_the_free_agent(
 
 
 async def test_offer_stops_when_an_agent_takes_the_caller(
-    asterisk: AsteriskInstance, ari_observer: AriObserver, service: Callable[..., Any],
+    ari_observer: AriObserver, sip_caller: Callable[..., SipCaller], service: Callable[..., Any],
     sip_phone: Callable[..., SipPhone],
 ) -> None:
     """R3: connected to an agent while the offer plays -> the offer stops at once."""
@@ -138,7 +88,7 @@ async def test_offer_stops_when_an_agent_takes_the_caller(
                                    "first_offer_after": "1s", "repeat_offer_every": "60s"}},
                         agents_cfg("agent1", queue="q7202"), not_ready=("agent1",))
     phone = sip_phone("agent1", behaviours=CallBehaviour(answer_after=0.2, hangup_after=2.0))
-    caller = SipCaller(asterisk, "7202", caller="2015550202", max_duration=30)
+    caller = sip_caller("7202", caller="2015550202", max_duration=30)
     caller.start()
     chan, _ = await caller_channel(ari_observer, "2015550202")
     await until(lambda: bool(playbacks(ari_observer, chan, "en/offer")))
@@ -154,31 +104,31 @@ async def test_offer_stops_when_an_agent_takes_the_caller(
 
 
 async def test_caller_hangs_up_while_agent_rings(
-    asterisk: AsteriskInstance, ari_observer: AriObserver, service: Callable[..., Any],
+    ari_observer: AriObserver, sip_caller: Callable[..., SipCaller], service: Callable[..., Any],
     sip_phone: Callable[..., SipPhone],
 ) -> None:
     svc = await service({"q7203": {"max_waiting": 5, "ring_timeout": "20s"}},
                         agents_cfg("agent1", queue="q7203"))
     phone = sip_phone("agent1", behaviours=RING_FOREVER)
-    caller = SipCaller(asterisk, "7203", caller="2015550203", hangup_after=2.0, max_duration=30)
+    caller = sip_caller("7203", caller="2015550203", hangup_after=2.0, max_duration=30)
     caller.start()
     await phone.wait_for_calls(1, 20)
     assert (await caller.wait(30)).hung_up_by == "us"
     await phone.wait_for_calls(1, 20, lambda c: c.cancelled_at is not None)
-    assert (await _stored_item(svc, "2015550203")).state == State.ABANDONED
+    assert (await stored_item(svc, "2015550203")).state == State.ABANDONED
     await until(lambda: status(svc, "agent1") == AgentStatus.AVAILABLE)
     await nothing_left(svc)
 
 
 async def test_no_answer_moves_on_and_sets_agent_not_ready(
-    asterisk: AsteriskInstance, ari_observer: AriObserver, service: Callable[..., Any],
+    ari_observer: AriObserver, sip_caller: Callable[..., SipCaller], service: Callable[..., Any],
     sip_phone: Callable[..., SipPhone],
 ) -> None:
     svc = await service({"q7204": {"max_waiting": 5, "ring_timeout": "2s"}},
                         agents_cfg("agent1", "agent2", queue="q7204"), not_ready=("agent2",))
     silent = sip_phone("agent1", behaviours=RING_FOREVER)
     other = sip_phone("agent2", behaviours=CallBehaviour(answer_after=0.3, hangup_after=1.0))
-    caller = SipCaller(asterisk, "7204", caller="2015550204", max_duration=30)
+    caller = sip_caller("7204", caller="2015550204", max_duration=30)
     caller.start()
     await silent.wait_for_calls(1, 20)
     await until(lambda: status(svc, "agent1") == AgentStatus.NOT_READY, timeout=15)
@@ -193,7 +143,7 @@ async def test_no_answer_moves_on_and_sets_agent_not_ready(
 
 
 async def test_full_direct_callback(
-    asterisk: AsteriskInstance, ari_observer: AriObserver, service: Callable[..., Any],
+    ari_observer: AriObserver, sip_caller: Callable[..., SipCaller], service: Callable[..., Any],
     sip_phone: Callable[..., SipPhone], sip_carrier: Callable[..., Any],
 ) -> None:
     """The source document end to end: press 1, hang up; the agent frees up; the agent's
@@ -204,7 +154,7 @@ async def test_full_direct_callback(
     phone = sip_phone("agent1", behaviours=CallBehaviour(answer_after=0.3,
                                                          digits=[(1.0, "1")]))
     carrier = sip_carrier(behaviours=CallBehaviour(answer_after=0.5, hangup_after=2.0))
-    await request_callback(asterisk, ari_observer, "7205", "2015550205")
+    await request_callback(sip_caller, ari_observer, "7205", "2015550205")
     assert carrier.calls() == [] and phone.calls() == []
     svc.board.set_ready("agent1", True)
 
@@ -227,7 +177,7 @@ async def test_full_direct_callback(
     assert done.bye_sent_at is not None  # the customer hung up ...
     [agent_call] = await phone.wait_for_calls(1, 20, lambda c: c.ended)
     assert agent_call.bye_received_at is not None  # ... and we hung up the agent
-    stored = await _stored_item(svc, "2015550205")
+    stored = await stored_item(svc, "2015550205")
     assert stored.state == State.DONE and stored.attempts == 1
     await nothing_left(svc)
 
@@ -242,7 +192,7 @@ async def _agent_channel(obs: AriObserver, call: ReceivedCall) -> str:
 
 
 async def test_decline_goes_to_next_agent_and_silent_agent_goes_not_ready(
-    asterisk: AsteriskInstance, ari_observer: AriObserver, service: Callable[..., Any],
+    ari_observer: AriObserver, sip_caller: Callable[..., SipCaller], service: Callable[..., Any],
     sip_phone: Callable[..., SipPhone], sip_carrier: Callable[..., Any],
 ) -> None:
     svc = await service({"q7206": CB_QUEUE}, agents_cfg("agent1", "agent2", "agent3",
@@ -252,7 +202,7 @@ async def test_decline_goes_to_next_agent_and_silent_agent_goes_not_ready(
     silent = sip_phone("agent2", behaviours=SILENT)
     taker = sip_phone("agent3", behaviours=ACCEPT)
     carrier = sip_carrier(behaviours=CallBehaviour(answer_after=0.3, hangup_after=1.0))
-    await request_callback(asterisk, ari_observer, "7206", "2015550206")
+    await request_callback(sip_caller, ari_observer, "7206", "2015550206")
     d = svc.board
     d.set_ready("agent1", True)
     await decliner.wait_for_calls(1, 20)
@@ -274,7 +224,7 @@ async def test_decline_goes_to_next_agent_and_silent_agent_goes_not_ready(
     assert dialled.dialled == "+12015550206"
     assert len(decliner.calls()) == 1 and len(silent.calls()) == 1
     await until(lambda: svc.engine.items("q7206") == [])
-    stored = await _stored_item(svc, "2015550206")
+    stored = await stored_item(svc, "2015550206")
     assert stored.state == State.DONE
     # Every step is in the item's stored history, with who did what.
     steps = [(h.event, h.detail.get("agent", "")) for h in stored.history
@@ -287,7 +237,7 @@ async def test_decline_goes_to_next_agent_and_silent_agent_goes_not_ready(
 
 
 async def test_customer_no_answer_then_busy_retries_then_fails(
-    asterisk: AsteriskInstance, ari_observer: AriObserver, service: Callable[..., Any],
+    ari_observer: AriObserver, sip_caller: Callable[..., SipCaller], service: Callable[..., Any],
     sip_phone: Callable[..., SipPhone], sip_carrier: Callable[..., Any],
 ) -> None:
     """R10: each failed attempt keeps the place, waits retry_interval; max_attempts ->
@@ -296,14 +246,14 @@ async def test_customer_no_answer_then_busy_retries_then_fails(
                         agents_cfg("agent1", queue="q7207"), not_ready=("agent1",))
     phone = sip_phone("agent1", behaviours=ACCEPT)
     carrier = sip_carrier(behaviours=[RING_FOREVER, BUSY])
-    await request_callback(asterisk, ari_observer, "7207", "2015550207")
+    await request_callback(sip_caller, ari_observer, "7207", "2015550207")
     svc.board.set_ready("agent1", True)
     calls = await carrier.wait_for_calls(2, 60, lambda c: c.ended)
     assert calls[0].cancelled_at is not None  # no answer within dial_timeout (5 s)
     assert calls[1].rejected_with == 486
     assert calls[1].invited_at - calls[0].cancelled_at >= 3.0 - 0.5  # retry_interval
     await until(lambda: not svc.engine.items("q7207"), timeout=20)
-    stored = await _stored_item(svc, "2015550207")
+    stored = await stored_item(svc, "2015550207")
     assert stored.state == State.FAILED and stored.attempts == 2
     assert len(phone.calls()) == 2
 
@@ -318,7 +268,7 @@ async def test_customer_no_answer_then_busy_retries_then_fails(
 
 
 async def test_order_two_callbacks_and_one_inbound_two_agents(
-    asterisk: AsteriskInstance, ari_observer: AriObserver, service: Callable[..., Any],
+    ari_observer: AriObserver, sip_caller: Callable[..., SipCaller], service: Callable[..., Any],
     sip_phone: Callable[..., SipPhone], sip_carrier: Callable[..., Any],
 ) -> None:
     svc = await service({"q7208": CB_QUEUE}, agents_cfg("agent1", "agent2", queue="q7208"),
@@ -327,11 +277,11 @@ async def test_order_two_callbacks_and_one_inbound_two_agents(
     p1 = sip_phone("agent1", behaviours=talk)
     p2 = sip_phone("agent2", behaviours=talk)
     carrier = sip_carrier(behaviours=CallBehaviour(answer_after=0.3))
-    await request_callback(asterisk, ari_observer, "7208", "2015550281")
-    live = SipCaller(asterisk, "7208", caller="2015550282", max_duration=60)
+    await request_callback(sip_caller, ari_observer, "7208", "2015550281")
+    live = sip_caller("7208", caller="2015550282", max_duration=60)
     live.start()
     await caller_channel(ari_observer, "2015550282")
-    await request_callback(asterisk, ari_observer, "7208", "2015550283")
+    await request_callback(sip_caller, ari_observer, "7208", "2015550283")
     queue = svc.engine.items("q7208")
     assert [(i.number, i.kind) for i in queue] == [
         ("+12015550281", Kind.CALLBACK), ("+12015550282", Kind.INBOUND),
@@ -354,7 +304,7 @@ async def test_order_two_callbacks_and_one_inbound_two_agents(
 
 
 async def test_hangups_mid_preview_and_mid_dial_lose_nothing(
-    asterisk: AsteriskInstance, ari_observer: AriObserver, service: Callable[..., Any],
+    ari_observer: AriObserver, sip_caller: Callable[..., SipCaller], service: Callable[..., Any],
     sip_phone: Callable[..., SipPhone], sip_carrier: Callable[..., Any],
 ) -> None:
     """Agent hangs up during the preview: the item keeps position 1, not an attempt.
@@ -367,7 +317,7 @@ async def test_hangups_mid_preview_and_mid_dial_lose_nothing(
         CallBehaviour(answer_after=0.3, digits=[(0.5, "1")], hangup_after=2.5),  # mid-dial
     ])
     carrier = sip_carrier(behaviours=RING_FOREVER)
-    await request_callback(asterisk, ari_observer, "7209", "2015550209")
+    await request_callback(sip_caller, ari_observer, "7209", "2015550209")
     svc.board.set_ready("agent1", True)
     await phone.wait_for_calls(1, 20, lambda c: c.ended)
     assert carrier.calls() == []
@@ -380,13 +330,13 @@ async def test_hangups_mid_preview_and_mid_dial_lose_nothing(
     [item] = svc.engine.items("q7209")
     assert item.attempts == 1 and svc.engine.position(item.id) == 1
     await nothing_left(svc)
-    stored = await _stored_item(svc, "2015550209")
+    stored = await stored_item(svc, "2015550209")
     assert stored.state == State.CALLBACK_PENDING
     assert asyncio.get_running_loop()  # the service loop is still healthy
 
 
 async def test_verify_customer_press_1_before_bridge(
-    asterisk: AsteriskInstance, ari_observer: AriObserver, service: Callable[..., Any],
+    ari_observer: AriObserver, sip_caller: Callable[..., SipCaller], service: Callable[..., Any],
     sip_phone: Callable[..., SipPhone], sip_carrier: Callable[..., Any],
 ) -> None:
     """R8 option: the customer hears "this is your callback, press 1" first; a customer
@@ -399,7 +349,7 @@ async def test_verify_customer_press_1_before_bridge(
         CallBehaviour(answer_after=0.3),                                  # voicemail: no 1
         CallBehaviour(answer_after=0.3, digits=[(1.0, "1")], hangup_after=3.0),
     ])
-    caller_chan = await request_callback(asterisk, ari_observer, "7210", "2015550210")
+    caller_chan = await request_callback(sip_caller, ari_observer, "7210", "2015550210")
     svc.board.set_ready("agent1", True)
     calls = await carrier.wait_for_calls(2, 60, lambda c: c.ended)
     assert calls[0].bye_received_at is not None  # we hung up the unverified answer
@@ -414,14 +364,14 @@ async def test_verify_customer_press_1_before_bridge(
     entered = await ari_observer.wait_type("ChannelEnteredBridge", channel_id=cust_chan)
     assert ts(entered) >= ts(cust2[0])  # bridged only after the customer's 1
     await until(lambda: not svc.engine.items("q7210"), timeout=20)
-    stored = await _stored_item(svc, "2015550210")
+    stored = await stored_item(svc, "2015550210")
     assert stored.state == State.DONE and stored.attempts == 2
     assert len(phone.calls()) == 2
     await nothing_left(svc)
 
 
 async def test_callbacks_wait_for_business_hours_live_callers_do_not(
-    asterisk: AsteriskInstance, ari_observer: AriObserver, service: Callable[..., Any],
+    ari_observer: AriObserver, sip_caller: Callable[..., SipCaller], service: Callable[..., Any],
     sip_phone: Callable[..., SipPhone], sip_carrier: Callable[..., Any],
 ) -> None:
     """R14: no dialling outside the queue's hours; a live caller is still answered."""
@@ -430,8 +380,8 @@ async def test_callbacks_wait_for_business_hours_live_callers_do_not(
                         agents_cfg("agent1", queue="q7211"), not_ready=("agent1",))
     phone = sip_phone("agent1", behaviours=CallBehaviour(answer_after=0.3, hangup_after=1.0))
     carrier = sip_carrier(behaviours=CallBehaviour(answer_after=0.3))
-    await request_callback(asterisk, ari_observer, "7211", "2015550211")
-    live = SipCaller(asterisk, "7211", caller="2015550212", max_duration=30)
+    await request_callback(sip_caller, ari_observer, "7211", "2015550211")
+    live = sip_caller("7211", caller="2015550212", max_duration=30)
     live.start()
     await caller_channel(ari_observer, "2015550212")
     svc.board.set_ready("agent1", True)
@@ -448,17 +398,17 @@ async def test_callbacks_wait_for_business_hours_live_callers_do_not(
 
 
 async def test_open_callbacks_expire(
-    asterisk: AsteriskInstance, ari_observer: AriObserver, service: Callable[..., Any],
+    ari_observer: AriObserver, sip_caller: Callable[..., SipCaller], service: Callable[..., Any],
 ) -> None:
     svc = await service({"q7212": {**CB_QUEUE, "expire_after": "3s"}},
                         agents_cfg("agent1", queue="q7212"), not_ready=("agent1",))
-    await request_callback(asterisk, ari_observer, "7212", "2015550213")
+    await request_callback(sip_caller, ari_observer, "7212", "2015550213")
     await until(lambda: not svc.engine.items("q7212"), timeout=20)
-    assert (await _stored_item(svc, "2015550213")).state == State.EXPIRED
+    assert (await stored_item(svc, "2015550213")).state == State.EXPIRED
 
 
 async def test_unregistered_softphone_is_never_offered_work(
-    asterisk: AsteriskInstance, ari_observer: AriObserver, service: Callable[..., Any],
+    ari_observer: AriObserver, sip_caller: Callable[..., SipCaller], service: Callable[..., Any],
     sip_phone: Callable[..., SipPhone],
 ) -> None:
     """R15: an agent whose endpoint has no contact is offline; once the softphone
@@ -468,7 +418,7 @@ async def test_unregistered_softphone_is_never_offered_work(
                          wait_reachable=False)
     assert svc2.dispatcher is not None
     assert status(svc2, "reg") == AgentStatus.OFFLINE
-    caller = SipCaller(asterisk, "7213", caller="2015550214", max_duration=40)
+    caller = sip_caller("7213", caller="2015550214", max_duration=40)
     caller.start()
     await caller_channel(ari_observer, "2015550214")
     phone = sip_phone("regagent", behaviours=CallBehaviour(answer_after=0.3,
@@ -481,7 +431,7 @@ async def test_unregistered_softphone_is_never_offered_work(
 
 
 async def test_agent_phone_busy_is_a_decline_not_silence(
-    asterisk: AsteriskInstance, ari_observer: AriObserver, service: Callable[..., Any],
+    ari_observer: AriObserver, sip_caller: Callable[..., SipCaller], service: Callable[..., Any],
     sip_phone: Callable[..., SipPhone],
 ) -> None:
     """A softphone answering 486 (agent pressed reject, or DND): the caller goes to the
@@ -490,7 +440,7 @@ async def test_agent_phone_busy_is_a_decline_not_silence(
                         agents_cfg("agent1", "agent2", queue="q7214"), not_ready=("agent2",))
     rejecting = sip_phone("agent1", behaviours=BUSY)
     other = sip_phone("agent2", behaviours=CallBehaviour(answer_after=0.3, hangup_after=1.0))
-    caller = SipCaller(asterisk, "7214", caller="2015550215", max_duration=30)
+    caller = sip_caller("7214", caller="2015550215", max_duration=30)
     caller.start()
     [rejected] = await rejecting.wait_for_calls(1, 20, lambda c: c.ended)
     assert rejected.rejected_with == 486
@@ -504,7 +454,7 @@ async def test_agent_phone_busy_is_a_decline_not_silence(
 
 
 async def test_caller_entering_another_number_is_not_taken_by_an_agent_meanwhile(
-    asterisk: AsteriskInstance, ari_observer: AriObserver, service: Callable[..., Any],
+    ari_observer: AriObserver, sip_caller: Callable[..., SipCaller], service: Callable[..., Any],
     sip_phone: Callable[..., SipPhone], sip_carrier: Callable[..., Any],
 ) -> None:
     """An agent frees up while the caller is typing another number: the caller is not
@@ -516,7 +466,7 @@ async def test_caller_entering_another_number_is_not_taken_by_an_agent_meanwhile
     carrier = sip_carrier(behaviours=CallBehaviour(answer_after=0.3, hangup_after=1.0))
     keys = [(3.0, "2"), *[(4.0 + 0.35 * i, k) for i, k in enumerate("2015557655#")],
             (11.0, "1")]
-    caller = SipCaller(asterisk, "7215", caller="2015550216", infos=keys, max_duration=40)
+    caller = sip_caller("7215", caller="2015550216", infos=keys, max_duration=40)
     caller.start()
     chan, _ = await caller_channel(ari_observer, "2015550216")
     await until(lambda: bool(playbacks(ari_observer, chan, "en/enter_number")))

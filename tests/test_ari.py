@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import time
 from collections.abc import AsyncIterator, Callable
 from typing import TypeVar
 
@@ -13,49 +12,12 @@ import pytest
 
 from ivr import ari
 from rig.sandbox import AsteriskInstance
-from tests.sip import SipCaller
-from tests.tcpproxy import TcpProxy
+from tests.peers import SipCaller
+from tests.support.asterisk import finish_asterisk, start_asterisk
+from tests.support.recorder import Recorder
+from tests.support.tcpproxy import TcpProxy
 
 E = TypeVar("E", bound=ari.Event)
-
-
-class Recorder:
-    """Collects the client's events and connect signals; waits with deadlines."""
-
-    def __init__(self) -> None:
-        self.events: list[ari.Event] = []
-        self.connects: list[bool] = []
-        self._changed = asyncio.Event()
-
-    def on_event(self, ev: ari.Event) -> None:
-        self.events.append(ev)
-        self._changed.set()
-
-    async def on_connect(self, reconnected: bool) -> None:
-        self.connects.append(reconnected)
-        self._changed.set()
-
-    async def wait(self, cond: Callable[[], bool], timeout: float = 20.0) -> None:
-        deadline = time.monotonic() + timeout
-        while not cond():
-            left = deadline - time.monotonic()
-            if left <= 0:
-                raise TimeoutError("condition not met; events: "
-                                   + ", ".join(e.type for e in self.events[-20:]))
-            self._changed.clear()
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._changed.wait(), min(left, 0.5))
-
-    async def event(self, kind: type[E], pred: Callable[[E], bool] = lambda e: True,
-                    timeout: float = 20.0) -> E:
-        found: list[E] = []
-
-        def check() -> bool:
-            found[:] = [e for e in self.events if isinstance(e, kind) and pred(e)]
-            return bool(found)
-
-        await self.wait(check, timeout)
-        return found[0]
 
 
 async def _client(url: str, inst: AsteriskInstance, *, heartbeat: float = 5.0,
@@ -109,35 +71,35 @@ async def test_rest_and_typed_errors(asterisk: AsteriskInstance) -> None:
 
 
 async def test_call_enters_stasis_and_dtmf_arrives(
-    asterisk: AsteriskInstance, running_client: tuple[ari.AriClient, Recorder]
+    asterisk: AsteriskInstance, running_client: tuple[ari.AriClient, Recorder],
+    sip_caller: Callable[..., SipCaller],
 ) -> None:
     client, rec = running_client
-    caller = SipCaller(asterisk, "7001", caller="5551234", digits=[(1.0, "1")], max_duration=20)
+    caller = sip_caller("7001", caller="5551234", digits=[(1.0, "1")], max_duration=20)
     caller.start()
-    try:
-        start = await rec.event(ari.StasisStart)
-        assert start.args == ("q7001",)
-        assert start.channel.caller_number == "5551234"
-        chan = start.channel.id
+    start = await rec.event(ari.StasisStart)
+    assert start.args == ("q7001",)
+    assert start.channel.caller_number == "5551234"
+    chan = start.channel.id
+    await client.answer(chan)
+    media = f"sound:{asterisk.prompts_dir}/en/offer"
+    pb = await client.play(chan, media, playback_id="pb-" + chan)
+    assert pb.id == "pb-" + chan
+    await rec.event(ari.PlaybackStarted, lambda e: e.playback.id == pb.id)
+    dtmf = await rec.event(ari.ChannelDtmfReceived, lambda e: e.channel.id == chan)
+    assert dtmf.digit == "1"
+    await client.stop_playback(pb.id)
+    await client.hangup(chan)
+    await rec.event(ari.StasisEnd, lambda e: e.channel.id == chan)
+    with pytest.raises(ari.AriNotFound):  # a vanished channel: normal life
         await client.answer(chan)
-        media = f"sound:{asterisk.prompts_dir}/en/offer"
-        pb = await client.play(chan, media, playback_id="pb-" + chan)
-        assert pb.id == "pb-" + chan
-        await rec.event(ari.PlaybackStarted, lambda e: e.playback.id == pb.id)
-        dtmf = await rec.event(ari.ChannelDtmfReceived, lambda e: e.channel.id == chan)
-        assert dtmf.digit == "1"
-        await client.stop_playback(pb.id)
-        await client.hangup(chan)
-        await rec.event(ari.StasisEnd, lambda e: e.channel.id == chan)
-        with pytest.raises(ari.AriNotFound):  # a vanished channel: normal life
-            await client.answer(chan)
-        result = await caller.wait(30)
-        assert result.answered and result.hung_up_by == "them"
-    finally:
-        caller.stop()
+    result = await caller.wait(30)
+    assert result.answered and result.hung_up_by == "them"
 
 
-async def test_websocket_drop_reconnects_and_resyncs(asterisk: AsteriskInstance) -> None:
+async def test_websocket_drop_reconnects_and_resyncs(
+    asterisk: AsteriskInstance, sip_caller: Callable[..., SipCaller]
+) -> None:
     """A cut connection: the client reconnects by itself, signals it, and the channel
     that stayed in Stasis meanwhile is controllable again (Asterisk keeps it)."""
     proxy = TcpProxy("127.0.0.1", asterisk.http_port)
@@ -145,8 +107,7 @@ async def test_websocket_drop_reconnects_and_resyncs(asterisk: AsteriskInstance)
     client = await _client(proxy.url, asterisk, heartbeat=1.0, backoff_initial=0.1)
     rec = Recorder()
     task = asyncio.create_task(client.run(rec.on_event, rec.on_connect))
-    caller = SipCaller(asterisk, "7002", caller="5551235", digits=[(6.0, "5")],
-                       max_duration=30)
+    caller = sip_caller("7002", caller="5551235", digits=[(6.0, "5")], max_duration=30)
     try:
         await asyncio.wait_for(client.connected.wait(), 30)
         caller.start()
@@ -168,7 +129,6 @@ async def test_websocket_drop_reconnects_and_resyncs(asterisk: AsteriskInstance)
         result = await caller.wait(30)
         assert result.hung_up_by == "them"
     finally:
-        caller.stop()
         await client.close()
         task.cancel()
         with contextlib.suppress(asyncio.CancelledError):
@@ -193,8 +153,6 @@ def test_parse_event_tolerates_odd_shapes() -> None:
 async def test_asterisk_restart_reconnects_by_itself() -> None:
     """Asterisk goes away and comes back (same ports): the client retries with backoff
     and reconnects without help; REST calls meanwhile fail as AriUnavailable."""
-    from tests.conftest import finish_asterisk, start_asterisk
-
     inst = start_asterisk()
     client = await _client(inst.ari_url, inst, heartbeat=1.0, backoff_initial=0.1,
                            backoff_max=1.0)

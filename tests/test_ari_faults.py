@@ -25,43 +25,13 @@ from ivr import ari
 from ivr.app import TOKEN_FILE, Service
 from ivr.domain.items import OPEN_STATES
 from tests.fakeari import EVENT_FIXTURES, FakeAri, load_jsonl, service_on, template
+from tests.support.recorder import Recorder
 
 CALLER = "5551234"  # must never appear in a log line above DEBUG
 E = TypeVar("E", bound=ari.Event)
 
 
 # ------------------------------------------------------------------ helpers
-
-
-class Recorder:
-    """The client's events and connect signals; waits with deadlines."""
-
-    def __init__(self) -> None:
-        self.events: list[ari.Event] = []
-        self.connects: list[bool] = []
-        self._changed = asyncio.Event()
-
-    def on_event(self, ev: ari.Event) -> None:
-        self.events.append(ev)
-        self._changed.set()
-
-    async def on_connect(self, reconnected: bool) -> None:
-        self.connects.append(reconnected)
-        self._changed.set()
-
-    async def wait(self, cond: Callable[[], bool], timeout: float = 5.0) -> None:
-        deadline = time.monotonic() + timeout
-        while not cond():
-            left = deadline - time.monotonic()
-            if left <= 0:
-                raise TimeoutError("condition not met; events: "
-                                   + ", ".join(e.type for e in self.events[-20:]))
-            self._changed.clear()
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._changed.wait(), min(left, 0.05))
-
-    def of(self, kind: type[E]) -> list[E]:
-        return [e for e in self.events if isinstance(e, kind)]
 
 
 @pytest.fixture
@@ -279,7 +249,7 @@ async def test_malformed_frames_never_stop_event_delivery(
     fake: FakeAri, caplog: pytest.LogCaptureFixture
 ) -> None:
     caplog.set_level(logging.DEBUG)
-    rec = Recorder()
+    rec = Recorder(timeout=5.0)
     async with running_client(fake, rec) as (client, task):
         for frame in MALFORMED_FRAMES:
             await fake.send_raw(frame)
@@ -299,7 +269,7 @@ async def test_malformed_frames_never_stop_event_delivery(
 async def test_a_failing_handler_loses_only_its_event(
     fake: FakeAri, caplog: pytest.LogCaptureFixture
 ) -> None:
-    rec = Recorder()
+    rec = Recorder(timeout=5.0)
     seen: list[str] = []
 
     def handler(ev: ari.Event) -> None:
@@ -332,7 +302,7 @@ async def test_a_failing_handler_loses_only_its_event(
 async def test_on_connect_failure_closes_and_reconnects_with_backoff(
     fake: FakeAri, caplog: pytest.LogCaptureFixture
 ) -> None:
-    rec = Recorder()
+    rec = Recorder(timeout=5.0)
     calls: list[bool] = []
 
     async def on_connect(reconnected: bool) -> None:
@@ -356,7 +326,7 @@ async def test_on_connect_failure_closes_and_reconnects_with_backoff(
 
 
 async def test_server_drop_and_refusal_reconnect(fake: FakeAri) -> None:
-    rec = Recorder()
+    rec = Recorder(timeout=5.0)
     async with running_client(fake, rec) as (client, task):
         fake.refuse_websocket = 503
         await fake.drop_websockets()
@@ -450,7 +420,7 @@ async def test_every_id_in_a_rest_path_is_percent_encoded(fake: FakeAri) -> None
 
 async def test_the_fake_speaks_like_the_recording(fake: FakeAri) -> None:
     """The fake's own behaviour, through the real client: what tests built on it rely on."""
-    rec = Recorder()
+    rec = Recorder(timeout=5.0)
     fake.endpoints["PJSIP/agent1"] = "online"
     async with running_client(fake, rec) as (client, _):
         chan = await fake.caller_enters("support", CALLER)

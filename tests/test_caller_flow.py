@@ -7,106 +7,38 @@ service's own state is read only for positions and the store.
 
 from __future__ import annotations
 
-import asyncio
 import sqlite3
-from collections.abc import AsyncIterator, Callable, Mapping
-from datetime import datetime
-from pathlib import Path
+from collections.abc import Callable
 from typing import Any
 
 import pytest
 
-from ivr.app import Service, running
 from ivr.domain.items import Kind, State
-from ivr.store import SqliteStore
-from rig.sandbox import AsteriskInstance
-from tests.appcfg import write_config
-from tests.observer import AriObserver, Event
-from tests.sip import SipCaller
-
-# Short stand-ins for the long prompts where a test is about timing, not words.
-SHORT = {"offer": "en/connecting", "confirmation": "en/minutes"}
-
-def ts(event: Event) -> float:
-    return datetime.strptime(event["timestamp"], "%Y-%m-%dT%H:%M:%S.%f%z").timestamp()
-
-
-def is_playback(e: Event, kind: str, chan: str, file: str | None = None) -> bool:
-    pb = e.get("playback") or {}
-    if e.get("type") != kind or pb.get("target_uri") != f"channel:{chan}":
-        return False
-    return file is None or str(pb.get("media_uri", "")).endswith("/" + file)
-
-
-def playbacks(obs: AriObserver, chan: str, file: str) -> list[Event]:
-    return obs.find(lambda e: is_playback(e, "PlaybackStarted", chan, file))
-
-
-async def until(cond: Callable[[], bool], timeout: float = 30.0) -> None:
-    """Poll a condition on the service's state with a deadline (never a fixed sleep)."""
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + timeout
-    while not cond():
-        if loop.time() > deadline:
-            raise TimeoutError("condition not met in time")
-        await asyncio.sleep(0.05)
-
-
-async def caller_channel(obs: AriObserver, number: str, timeout: float = 30) -> tuple[str, Event]:
-    """The caller's channel id, and the event of it entering Stasis (ChannelDialplan to
-    the Stasis application: the observer app does not get other apps' StasisStart)."""
-    ev = await obs.wait_for(
-        lambda e: e.get("type") == "ChannelDialplan"
-        and e.get("dialplan_app") == "Stasis"
-        and e["channel"]["caller"]["number"] == number
-        and all(e["channel"]["id"] != x for x in _seen),
-        timeout,
-    )
-    _seen.add(str(ev["channel"]["id"]))
-    return str(ev["channel"]["id"]), ev
-
-
-_seen: set[str] = set()
-
-
-def stasis_channels(obs: AriObserver, number: str) -> list[str]:
-    return [str(e["channel"]["id"]) for e in obs.find(
-        lambda e: e.get("type") == "ChannelDialplan" and e.get("dialplan_app") == "Stasis"
-        and e["channel"]["caller"]["number"] == number)]
-
-
-@pytest.fixture
-async def service(
-    asterisk: AsteriskInstance, tmp_path: Path
-) -> AsyncIterator[Callable[..., Any]]:
-    """``await service(queues={...}, agents={...})`` starts the real service in-process."""
-    stack: list[Any] = []
-
-    async def start(queues: Mapping[str, Mapping[str, Any]],
-                    agents: Mapping[str, Mapping[str, Any]] | None = None) -> Service:
-        cfg = write_config(asterisk, tmp_path, queues, agents)
-        cm = running(cfg)
-        svc = await cm.__aenter__()
-        stack.append(cm)
-        return svc
-
-    yield start
-    for cm in reversed(stack):
-        await cm.__aexit__(None, None, None)
-
+from tests.peers import SipCaller
+from tests.support.config import SHORT
+from tests.support.observer import AriObserver
+from tests.support.observing import (
+    caller_channel,
+    is_playback,
+    playbacks,
+    stasis_channels,
+    ts,
+)
+from tests.support.store import stored_item
+from tests.support.waiting import until
 
 # ---------------------------------------------------------------------- offers
 
 
 async def test_offer_timing_first_then_repeats(
-    asterisk: AsteriskInstance, ari_observer: AriObserver, service: Callable[..., Any]
+    ari_observer: AriObserver, sip_caller: Callable[..., SipCaller], service: Callable[..., Any]
 ) -> None:
     """R3: first offer at first_offer_after, then every repeat_offer_every, MOH between."""
     await service({"q7101": {"max_waiting": 1, "max_ewt": None, "first_offer_after": "2s",
                              "repeat_offer_every": "3s", "prompts": SHORT}})
     # max_waiting 1: two callers waiting -> overflow
-    a = SipCaller(asterisk, "7101", caller="2015550001", hangup_after=12.5, max_duration=30)
-    b = SipCaller(asterisk, "7101", caller="2015550002", hangup_after=12.0, max_duration=30)
+    a = sip_caller("7101", caller="2015550001", hangup_after=12.5, max_duration=30)
+    b = sip_caller("7101", caller="2015550002", hangup_after=12.0, max_duration=30)
     a.start()
     chan, start = await caller_channel(ari_observer, "2015550001")
     b.start()
@@ -122,11 +54,11 @@ async def test_offer_timing_first_then_repeats(
 
 
 async def test_no_overflow_no_offer(
-    asterisk: AsteriskInstance, ari_observer: AriObserver, service: Callable[..., Any]
+    ari_observer: AriObserver, sip_caller: Callable[..., SipCaller], service: Callable[..., Any]
 ) -> None:
     svc = await service({"q7102": {"max_waiting": 5, "max_ewt": None, "prompts": SHORT}})
-    c = SipCaller(asterisk, "7102", caller="2015550003", digits=[(3.5, "1")], hangup_after=7,
-                  max_duration=20)
+    c = sip_caller("7102", caller="2015550003", digits=[(3.5, "1")], hangup_after=7,
+                   max_duration=20)
     c.start()
     chan, _ = await caller_channel(ari_observer, "2015550003")
     result = await c.wait(30)
@@ -135,16 +67,16 @@ async def test_no_overflow_no_offer(
     # The 1 arrived (Asterisk saw it) and was ignored: no offer was ever made.
     assert ari_observer.find(lambda e: e.get("type") == "ChannelDtmfReceived"
                              and e["channel"]["id"] == chan)
-    item = await _stored_item(svc, "2015550003")
+    item = await stored_item(svc, "2015550003")
     assert item.state == State.ABANDONED
 
 
 async def test_overflow_by_estimated_wait(
-    asterisk: AsteriskInstance, ari_observer: AriObserver, service: Callable[..., Any]
+    ari_observer: AriObserver, sip_caller: Callable[..., SipCaller], service: Callable[..., Any]
 ) -> None:
     """R2/R16: max_ewt alone. No agent serves the queue, so the EWT is unbounded."""
     svc = await service({"q7103": {"max_waiting": None, "max_ewt": "30s", "prompts": SHORT}})
-    c = SipCaller(asterisk, "7103", caller="2015550004", hangup_after=5, max_duration=20)
+    c = sip_caller("7103", caller="2015550004", hangup_after=5, max_duration=20)
     c.start()
     chan, _ = await caller_channel(ari_observer, "2015550004")
     await until(lambda: bool(playbacks(ari_observer, chan, "connecting")))
@@ -155,36 +87,16 @@ async def test_overflow_by_estimated_wait(
 # ---------------------------------------------------------------------- press 1
 
 
-def e164(number: str) -> str:
-    """A test caller id (a 10-digit US number) as the service stores it (R13)."""
-    return number if number.startswith("+") else "+1" + number
-
-
-async def _stored_item(svc: Service, number: str) -> Any:
-    """The caller's latest work item as committed in SQLite (a second connection)."""
-    with sqlite3.connect(svc.cfg.store_path) as db:
-        row = db.execute("SELECT id FROM items WHERE number = ? ORDER BY seq DESC LIMIT 1",
-                         (e164(number),)).fetchone()
-    assert row is not None, f"no stored item for {number}"
-    store = await SqliteStore.open(svc.cfg.store_path)
-    try:
-        item = await store.load(row[0])
-    finally:
-        await store.close()
-    assert item is not None
-    return item
-
-
 async def test_press_1_during_offer_keeps_place_of_everyone(
-    asterisk: AsteriskInstance, ari_observer: AriObserver, service: Callable[..., Any]
+    ari_observer: AriObserver, sip_caller: Callable[..., SipCaller], service: Callable[..., Any]
 ) -> None:
     """R5 barge-in, R6: the offer stops, the real confirmation plays to its end, we hang
     up, and the callback keeps its position; nobody else's position moves."""
     svc = await service({"q7104": {"max_waiting": 1, "first_offer_after": "2s",
                                    "repeat_offer_every": "60s"}})
-    a = SipCaller(asterisk, "7104", caller="2015550011", max_duration=40)
-    b = SipCaller(asterisk, "7104", caller="2015550012", digits=[(4.0, "1")], max_duration=40)
-    c = SipCaller(asterisk, "7104", caller="2015550013", max_duration=40)
+    a = sip_caller("7104", caller="2015550011", max_duration=40)
+    b = sip_caller("7104", caller="2015550012", digits=[(4.0, "1")], max_duration=40)
+    c = sip_caller("7104", caller="2015550013", max_duration=40)
     a.start()
     await caller_channel(ari_observer, "2015550011")
     b.start()
@@ -216,7 +128,7 @@ async def test_press_1_during_offer_keeps_place_of_everyone(
     after = [(i.number, svc.engine.position(i.id), i.kind) for i in svc.engine.items("q7104")]
     assert [(n, p) for n, p, _ in after] == before
     assert after[1][2] == Kind.CALLBACK
-    stored = await _stored_item(svc, "2015550012")
+    stored = await stored_item(svc, "2015550012")
     assert stored.kind == Kind.CALLBACK and stored.state == State.CALLBACK_PENDING
     assert stored.arrived_at == svc.engine.items("q7104")[1].arrived_at
     a.stop()
@@ -224,13 +136,13 @@ async def test_press_1_during_offer_keeps_place_of_everyone(
 
 
 async def test_press_1_after_the_offer_counts(
-    asterisk: AsteriskInstance, ari_observer: AriObserver, service: Callable[..., Any]
+    ari_observer: AriObserver, sip_caller: Callable[..., SipCaller], service: Callable[..., Any]
 ) -> None:
     svc = await service({"q7105": {"max_waiting": None, "max_ewt": "30s",
                                    "first_offer_after": "1s", "repeat_offer_every": "60s",
                                    "prompts": SHORT}})
     # Short offer (1.1 s) at ~1 s; the 1 comes at 5 s, on music on hold.
-    c = SipCaller(asterisk, "7105", caller="2015550021", digits=[(5.0, "1")], max_duration=30)
+    c = sip_caller("7105", caller="2015550021", digits=[(5.0, "1")], max_duration=30)
     c.start()
     chan, _ = await caller_channel(ari_observer, "2015550021")
     done = await ari_observer.wait_for(
@@ -240,20 +152,20 @@ async def test_press_1_after_the_offer_counts(
     await ari_observer.wait_for(lambda e: is_playback(e, "PlaybackFinished", chan, "minutes"))
     result = await c.wait(30)
     assert result.hung_up_by == "them"
-    stored = await _stored_item(svc, "2015550021")
+    stored = await stored_item(svc, "2015550021")
     assert stored.state == State.CALLBACK_PENDING
 
 
 async def test_other_keys_and_early_1_are_ignored(
-    asterisk: AsteriskInstance, ari_observer: AriObserver, service: Callable[..., Any]
+    ari_observer: AriObserver, sip_caller: Callable[..., SipCaller], service: Callable[..., Any]
 ) -> None:
     """R5: a 1 before the first offer, and 2/9/# after it, change nothing."""
     svc = await service({"q7106": {"max_waiting": None, "max_ewt": "30s",
                                    "first_offer_after": "3s", "repeat_offer_every": "60s",
                                    "prompts": SHORT}})
-    c = SipCaller(asterisk, "7106", caller="2015550031",
-                  digits=[(0.8, "1"), (5.5, "2"), (6.0, "9"), (6.5, "#")],
-                  hangup_after=8.5, max_duration=20)
+    c = sip_caller("7106", caller="2015550031",
+                   digits=[(0.8, "1"), (5.5, "2"), (6.0, "9"), (6.5, "#")],
+                   hangup_after=8.5, max_duration=20)
     c.start()
     chan, _ = await caller_channel(ari_observer, "2015550031")
     result = await c.wait(30)
@@ -263,7 +175,7 @@ async def test_other_keys_and_early_1_are_ignored(
     assert digits == ["1", "2", "9", "#"]
     assert len(playbacks(ari_observer, chan, "connecting")) == 1
     assert playbacks(ari_observer, chan, "minutes") == []
-    stored = await _stored_item(svc, "2015550031")
+    stored = await stored_item(svc, "2015550031")
     assert stored.kind == Kind.INBOUND and stored.state == State.ABANDONED
 
 
@@ -276,7 +188,7 @@ async def test_other_keys_and_early_1_are_ignored(
     ("confirmation", 5.0, 2.0, State.CALLBACK_PENDING),  # 1 at 2 s; confirmation 6.4 s
 ])
 async def test_hangup_in_each_phase(
-    asterisk: AsteriskInstance, ari_observer: AriObserver, service: Callable[..., Any],
+    ari_observer: AriObserver, sip_caller: Callable[..., SipCaller], service: Callable[..., Any],
     phase: str, hangup_after: float, digit_at: float | None, expected: State,
 ) -> None:
     did = {"moh": "7107", "offer": "7108", "confirmation": "7109"}[phase]
@@ -285,8 +197,8 @@ async def test_hangup_in_each_phase(
                                      "first_offer_after": first, "repeat_offer_every": "60s"}})
     number = f"201555004{did[-1]}"
     digits = [(digit_at, "1")] if digit_at is not None else []
-    c = SipCaller(asterisk, did, caller=number, digits=digits, hangup_after=hangup_after,
-                  max_duration=20)
+    c = sip_caller(did, caller=number, digits=digits, hangup_after=hangup_after,
+                   max_duration=20)
     c.start()
     chan, _ = await caller_channel(ari_observer, number)
     await ari_observer.wait_type("ChannelDestroyed", channel_id=chan)
@@ -297,7 +209,7 @@ async def test_hangup_in_each_phase(
     if phase == "confirmation":
         assert playbacks(ari_observer, chan, "en/confirmation")
     await until(lambda: all(i.kind == Kind.CALLBACK for i in svc.engine.items(f"q{did}")))
-    stored = await _stored_item(svc, number)
+    stored = await stored_item(svc, number)
     assert stored.state == expected
     live = [i for i in svc.engine.items(f"q{did}") if i.kind == Kind.INBOUND]
     assert live == []  # no live item left behind
@@ -313,16 +225,16 @@ REFUSED_CALLER_IDS = ("011447700900123", "011442079460000", "911", "112", "19005
 
 
 async def test_refused_numbers_never_hear_the_offer_and_are_never_dialled(
-    asterisk: AsteriskInstance, ari_observer: AriObserver, service: Callable[..., Any]
+    ari_observer: AriObserver, sip_caller: Callable[..., SipCaller], service: Callable[..., Any]
 ) -> None:
     svc = await service({"q7110": {"max_waiting": None, "max_ewt": "30s",
                                    "first_offer_after": "1s", "repeat_offer_every": "2s",
                                    "prompts": SHORT}})
-    refused = [SipCaller(asterisk, "7110", caller=n, digits=[(3.0, "1")], hangup_after=6,
-                         max_duration=20) for n in REFUSED_CALLER_IDS]
-    anon = SipCaller(asterisk, "7110", caller=None, digits=[(3.0, "1")], hangup_after=6,
-                     max_duration=20)
-    ok = SipCaller(asterisk, "7110", caller="2015550051", hangup_after=6, max_duration=20)
+    refused = [sip_caller("7110", caller=n, digits=[(3.0, "1")], hangup_after=6,
+                          max_duration=20) for n in REFUSED_CALLER_IDS]
+    anon = sip_caller("7110", caller=None, digits=[(3.0, "1")], hangup_after=6,
+                      max_duration=20)
+    ok = sip_caller("7110", caller="2015550051", hangup_after=6, max_duration=20)
     everyone = [*refused, anon, ok]
     for c in everyone:
         c.start()
@@ -343,17 +255,17 @@ async def test_refused_numbers_never_hear_the_offer_and_are_never_dialled(
 
 
 async def test_second_request_from_same_number_is_told_already_scheduled(
-    asterisk: AsteriskInstance, ari_observer: AriObserver, service: Callable[..., Any]
+    ari_observer: AriObserver, sip_caller: Callable[..., SipCaller], service: Callable[..., Any]
 ) -> None:
     """R12: one open callback per (queue, number)."""
     svc = await service({"q7111": {"max_waiting": None, "max_ewt": "30s",
                                    "first_offer_after": "1s", "repeat_offer_every": "60s",
                                    "prompts": SHORT}})
-    first = SipCaller(asterisk, "7111", caller="2015550061", digits=[(1.5, "1")], max_duration=20)
+    first = sip_caller("7111", caller="2015550061", digits=[(1.5, "1")], max_duration=20)
     first.start()
     assert (await first.wait(30)).hung_up_by == "them"
-    second = SipCaller(asterisk, "7111", caller="2015550061", digits=[(1.5, "1")],
-                       max_duration=30)
+    second = sip_caller("7111", caller="2015550061", digits=[(1.5, "1")],
+                        max_duration=30)
     second.start()
     await until(lambda: len(stasis_channels(ari_observer, "2015550061")) == 2)
     starts = stasis_channels(ari_observer, "2015550061")
@@ -369,7 +281,7 @@ async def test_second_request_from_same_number_is_told_already_scheduled(
 
 
 async def test_sip_info_and_digit_bursts_do_not_break_the_session(
-    asterisk: AsteriskInstance, ari_observer: AriObserver, service: Callable[..., Any]
+    ari_observer: AriObserver, sip_caller: Callable[..., SipCaller], service: Callable[..., Any]
 ) -> None:
     svc = await service({"q7112": {"max_waiting": None, "max_ewt": "30s",
                                    "first_offer_after": "2s", "repeat_offer_every": "60s",
@@ -378,22 +290,22 @@ async def test_sip_info_and_digit_bursts_do_not_break_the_session(
     # after it. (sipp replays each pcap with its recorded RTP sequence numbers, so after
     # a few pcaps Asterisk drops further RTP digits as stale: a burst cannot end in RTP.)
     burst = [(0.3 + 0.1 * i, d) for i, d in enumerate("29#*0873")]
-    c = SipCaller(asterisk, "7112", caller="2015550071", digits=burst,
-                  send_info_at=4.0, info_digit="1", max_duration=30)
+    c = sip_caller("7112", caller="2015550071", digits=burst,
+                   send_info_at=4.0, info_digit="1", max_duration=30)
     c.start()
     chan, _ = await caller_channel(ari_observer, "2015550071")
     result = await c.wait(30)
     assert result.hung_up_by == "them"  # confirmation played, we hung up on them
     assert playbacks(ari_observer, chan, "minutes")
-    stored = await _stored_item(svc, "2015550071")
+    stored = await stored_item(svc, "2015550071")
     assert stored.state == State.CALLBACK_PENDING
 
 
 async def test_unknown_queue_is_refused_politely(
-    asterisk: AsteriskInstance, ari_observer: AriObserver, service: Callable[..., Any]
+    ari_observer: AriObserver, sip_caller: Callable[..., SipCaller], service: Callable[..., Any]
 ) -> None:
     await service({"q7113": {"max_waiting": 5}})
-    c = SipCaller(asterisk, "7199", caller="2015550081", max_duration=20)  # q7199: not configured
+    c = sip_caller("7199", caller="2015550081", max_duration=20)  # q7199: not configured
     c.start()
     chan, _ = await caller_channel(ari_observer, "2015550081")
     await ari_observer.wait_for(lambda e: is_playback(e, "PlaybackFinished", chan,
@@ -409,7 +321,7 @@ def _keys(start: float, keys: str, step: float = 0.35) -> list[tuple[float, str]
 
 
 async def test_press_2_enters_a_different_number_read_back_and_confirmed(
-    asterisk: AsteriskInstance, ari_observer: AriObserver, service: Callable[..., Any],
+    ari_observer: AriObserver, sip_caller: Callable[..., SipCaller], service: Callable[..., Any],
 ) -> None:
     svc = await service({"q7114": {"max_waiting": None, "max_ewt": "30s",
                                    "first_offer_after": "1s", "repeat_offer_every": "60s",
@@ -417,7 +329,7 @@ async def test_press_2_enters_a_different_number_read_back_and_confirmed(
     # Offer (1.1 s) + "press 2" (3.4 s) from ~1 s; 2 at 3 s, the number at 4 s (barging
     # into "enter the number"), '#', then 1 during the read-back.
     keys = [(3.0, "2"), *_keys(4.0, "2015557654#"), (11.0, "1")]
-    c = SipCaller(asterisk, "7114", caller="2015550091", infos=keys, max_duration=40)
+    c = sip_caller("7114", caller="2015550091", infos=keys, max_duration=40)
     c.start()
     chan, _ = await caller_channel(ari_observer, "2015550091")
     assert (await c.wait(40)).hung_up_by == "them"
@@ -433,7 +345,7 @@ async def test_press_2_enters_a_different_number_read_back_and_confirmed(
 
 
 async def test_three_bad_numbers_send_the_caller_back_to_waiting(
-    asterisk: AsteriskInstance, ari_observer: AriObserver, service: Callable[..., Any],
+    ari_observer: AriObserver, sip_caller: Callable[..., SipCaller], service: Callable[..., Any],
 ) -> None:
     svc = await service({"q7115": {"max_waiting": None, "max_ewt": "30s",
                                    "first_offer_after": "1s", "repeat_offer_every": "60s",
@@ -442,8 +354,8 @@ async def test_three_bad_numbers_send_the_caller_back_to_waiting(
     # as a caller id (R13), never read back as a number to confirm.
     keys = [(3.0, "2"), *_keys(4.0, "011882123456789#"), *_keys(12.8, "911#"),
             *_keys(17.3, "19005550123#")]
-    c = SipCaller(asterisk, "7115", caller="2015550092", infos=keys, hangup_after=32,
-                  max_duration=50)
+    c = sip_caller("7115", caller="2015550092", infos=keys, hangup_after=32,
+                   max_duration=50)
     c.start()
     chan, _ = await caller_channel(ari_observer, "2015550092")
     await ari_observer.wait_for(
@@ -452,4 +364,4 @@ async def test_three_bad_numbers_send_the_caller_back_to_waiting(
     assert playbacks(ari_observer, chan, "en/number_readback") == []
     assert [i.kind for i in svc.engine.items("q7115")] == [Kind.INBOUND]  # still waiting
     assert (await c.wait(50)).hung_up_by == "us"
-    assert (await _stored_item(svc, "2015550092")).state == State.ABANDONED
+    assert (await stored_item(svc, "2015550092")).state == State.ABANDONED

@@ -13,7 +13,7 @@ import contextlib
 import errno
 import sqlite3
 import subprocess
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -21,10 +21,11 @@ import pytest
 from ivr.app import running
 from ivr.domain.items import Kind, State
 from rig.sandbox import AsteriskInstance
-from tests.appcfg import write_config
-from tests.observer import AriObserver
-from tests.sip import SipCaller
-from tests.test_caller_flow import caller_channel, is_playback, playbacks, until
+from tests.peers import SipCaller
+from tests.support.config import SHORT, write_config
+from tests.support.observer import AriObserver
+from tests.support.observing import caller_channel, is_playback, playbacks
+from tests.support.waiting import until
 
 
 @pytest.fixture
@@ -58,21 +59,21 @@ def stored(db_path: Path, number: str) -> list[tuple[str, str]]:
 
 
 async def test_disk_full_at_press_1_keeps_the_caller_waiting_and_promises_nothing(
-    asterisk: AsteriskInstance, ari_observer: AriObserver, tmp_path: Path, tiny_disk: Path
+    asterisk: AsteriskInstance, ari_observer: AriObserver, tmp_path: Path, tiny_disk: Path,
+    sip_caller: Callable[..., SipCaller],
 ) -> None:
     db_path = tiny_disk / "ivr.sqlite3"
     cfg = write_config(
         asterisk, tmp_path,
         {"q7120": {"max_waiting": None, "max_ewt": "30s", "first_offer_after": "2s",
-                   "repeat_offer_every": "60s",
-                   "prompts": {"offer": "en/connecting", "confirmation": "en/minutes"}}},
+                   "repeat_offer_every": "60s", "prompts": SHORT}},
         store={"path": str(db_path)},
     )
     # First 1 at 4 s (disk full), second at 16 s: after "could not take your request"
     # (7.8 s) and back on hold; a 1 at any time after the first offer counts (R5).
     # SIP INFO digits: sipp replays an RTP pcap only once per call.
-    caller = SipCaller(asterisk, "7120", caller="2015550120",
-                       infos=[(4.0, "1"), (16.0, "1")], max_duration=40)
+    caller = sip_caller("7120", caller="2015550120", infos=[(4.0, "1"), (16.0, "1")],
+                        max_duration=40)
     filler = tiny_disk / "filler"
     async with running(cfg) as svc:
         caller.start()

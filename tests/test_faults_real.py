@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import json
 import random
 import signal
@@ -21,9 +22,8 @@ import sqlite3
 import subprocess
 import sys
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Mapping, Sequence
+from collections.abc import AsyncIterator, Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
-from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -31,9 +31,7 @@ import aiohttp
 import pytest
 
 from rig.sandbox import AsteriskInstance, die_with_parent_preexec, free_port
-from tests.appcfg import write_config
-from tests.observer import AriObserver, Event
-from tests.sip import (
+from tests.peers import (
     BUSY,
     RING_FOREVER,
     TRUNK_503,
@@ -49,38 +47,31 @@ from tests.sip import (
     SipPhone,
     TrunkFault,
 )
+from tests.support.asterisk import finish_asterisk, start_asterisk
+from tests.support.config import CB_QUEUE, agents_cfg, write_config
+from tests.support.observer import AriObserver, Event
+from tests.support.observing import (
+    caller_channel,
+    destroyed,
+    is_playback,
+    is_type,
+    playback_chan,
+    ts,
+)
+from tests.support.service import until_healthy
+from tests.support.store import e164
+from tests.support.waiting import until, until_async
 
 pytestmark = pytest.mark.asterisk
 
 REPO = Path(__file__).resolve().parent.parent
 TOKEN = "faults-test-token"
-SHORT = {"offer": "en/connecting", "confirmation": "en/minutes"}
-# Callback queues: overflow by EWT while no agent serves (agents start not-ready), one
-# offer 1 s after arrival, no repeat within a test.
-CB_QUEUE: dict[str, Any] = {"max_waiting": None, "max_ewt": "30s", "first_offer_after": "1s",
-                            "repeat_offer_every": "60s", "prompts": SHORT}
 # The agent answers, presses 1 during the preview, and stays on the line.
 ACCEPT = CallBehaviour(answer_after=0.3, digits=[(0.8, "1")])
 GRACE = 10.0  # the service's SIGTERM grace period (spec)
 OPEN = ("waiting", "offered", "callback_pending", "dialling")
 TRUNK_TRYING = TrunkFault(reply="trying")
 QUIET_4S = TrunkFault(reply="silent", max_duration=4.0)  # a late 408 at 4 s
-
-
-def e164(national: str) -> str:
-    return "+1" + national
-
-
-def agents_cfg(*names: str, queue: str) -> dict[str, dict[str, Any]]:
-    return {n: {"endpoint": f"PJSIP/{n}", "queues": [queue]} for n in names}
-
-
-async def until(cond: Callable[[], bool], timeout: float = 30.0, what: str = "") -> None:
-    deadline = time.monotonic() + timeout
-    while not cond():
-        if time.monotonic() > deadline:
-            raise TimeoutError(f"not met within {timeout:.0f}s: {what}")
-        await asyncio.sleep(0.05)
 
 
 # ---------------------------------------------------------------------- the service
@@ -114,18 +105,10 @@ class ServiceProcess:
 
     async def healthy(self, timeout: float = 30.0) -> None:
         """Until /healthz answers 200 (the ARI websocket is up and the resync done)."""
-        assert self.proc is not None
-        deadline = time.monotonic() + timeout
-        async with aiohttp.ClientSession() as http:
-            while True:
-                assert self.proc.poll() is None, f"the service exited\n{self.tail()}"
-                with contextlib.suppress(aiohttp.ClientError):
-                    async with http.get(self.url + "/healthz") as resp:
-                        if resp.status == 200:
-                            return
-                if time.monotonic() > deadline:
-                    raise TimeoutError(f"service not healthy\n{self.tail()}")
-                await asyncio.sleep(0.1)
+        proc = self.proc
+        assert proc is not None
+        await until_healthy(self.url + "/healthz", lambda: proc.poll() is None, self.tail,
+                            timeout)
 
     async def request(self, method: str, path: str, body: Any = None) -> Any:
         headers = {"Authorization": f"Bearer {TOKEN}"}
@@ -153,13 +136,11 @@ class ServiceProcess:
         return time.time()
 
     async def exited(self, timeout: float) -> int:
-        assert self.proc is not None
-        deadline = time.monotonic() + timeout
-        while (rc := self.proc.poll()) is None:
-            if time.monotonic() > deadline:
-                raise TimeoutError(f"service still running after {timeout:.1f}s\n{self.tail()}")
-            await asyncio.sleep(0.02)
-        return rc
+        proc = self.proc
+        assert proc is not None
+        await until(lambda: proc.poll() is not None, timeout,
+                    lambda: f"service still running\n{self.tail()}", every=0.02)
+        return proc.returncode
 
     async def kill9(self) -> None:
         self.signal(signal.SIGKILL)
@@ -280,44 +261,8 @@ def events_of(db: Path, item_id: str) -> list[str]:
 # ---------------------------------------------------------------------- Asterisk
 
 
-def ts(event: Event) -> float:
-    return datetime.strptime(event["timestamp"], "%Y-%m-%dT%H:%M:%S.%f%z").timestamp()
-
-
-def chan_of(e: Event) -> str | None:
-    ch = e.get("channel")
-    return str(ch["id"]) if isinstance(ch, dict) else None
-
-
-def is_type(e: Event, type_: str, chan: str | None = None) -> bool:
-    return e.get("type") == type_ and (chan is None or chan_of(e) == chan)
-
-
-def playback(e: Event, kind: str, file: str, chan: str | None = None) -> bool:
-    pb = e.get("playback") or {}
-    if e.get("type") != kind or not str(pb.get("media_uri", "")).endswith("/" + file):
-        return False
-    return chan is None or pb.get("target_uri") == f"channel:{chan}"
-
-
 def entered(chan: str, bridge: str) -> Callable[[Event], bool]:
     return lambda e: is_type(e, "ChannelEnteredBridge", chan) and e["bridge"]["id"] == bridge
-
-
-def playback_chan(e: Event) -> str:
-    return str((e.get("playback") or {}).get("target_uri", "")).removeprefix("channel:")
-
-
-def destroyed(obs: AriObserver, chan: str) -> bool:
-    return bool(obs.find(lambda e: is_type(e, "ChannelDestroyed", chan)))
-
-
-async def caller_chan(obs: AriObserver, number: str, timeout: float = 30) -> str:
-    """The channel of the caller from ``number`` entering our Stasis app."""
-    ev = await obs.wait_for(
-        lambda e: e.get("type") == "ChannelDialplan" and e.get("dialplan_app") == "Stasis"
-        and e["channel"]["caller"]["number"] == number, timeout)
-    return str(ev["channel"]["id"])
 
 
 async def leg_chan(obs: AriObserver, prefix: str, nth: int = 1, timeout: float = 30) -> str:
@@ -356,17 +301,18 @@ async def channels(obs: AriObserver) -> list[dict[str, Any]]:
     return list(await ari(obs, "GET", "/channels"))
 
 
-async def request_callback(inst: AsteriskInstance, obs: AriObserver, did: str,
+async def request_callback(sip_caller: Callable[..., SipCaller], obs: AriObserver, did: str,
                            number: str) -> str:
     """A caller waits, hears the offer, presses 1, hears the confirmation and is hung up
-    on. Returns the caller's channel."""
-    c = SipCaller(inst, did, caller=number, digits=[(1.6, "1")], max_duration=30)
+    on. Returns the caller's channel. ``sip_caller`` makes the caller: the fixture, or
+    ``functools.partial(SipCaller, inst)`` on a test's own Asterisk."""
+    c = sip_caller(did, caller=number, digits=[(1.6, "1")], max_duration=30)
     c.start()
     try:
-        chan = await caller_chan(obs, number)
+        chan, _ = await caller_channel(obs, number)
         result = await c.wait(30)
         assert result.hung_up_by == "them", c.describe()
-        assert obs.find(lambda e: playback(e, "PlaybackStarted", "en/minutes", chan))
+        assert obs.find(lambda e: is_playback(e, "PlaybackStarted", chan, "en/minutes"))
     finally:
         c.stop()
     return chan
@@ -386,6 +332,7 @@ def ended(c: ReceivedCall) -> bool:
 async def test_sigkill_mid_preview_returns_the_offer_and_dials_once(
     asterisk: AsteriskInstance, ari_observer: AriObserver, rig: Callable[..., Rig],
     sip_phone: Callable[..., SipPhone], sip_carrier: Callable[..., SipCarrier],
+    sip_caller: Callable[..., SipCaller],
 ) -> None:
     """The agent answered and hears the preview; the service is SIGKILLed. Asterisk
     keeps the agent channel; the new instance hangs that stray leg up, the callback is
@@ -402,15 +349,15 @@ async def test_sigkill_mid_preview_returns_the_offer_and_dials_once(
         CallBehaviour(answer_after=0.3, digits=[(0.8, "1")]),
     ])
     carrier = sip_carrier(behaviours=CallBehaviour(answer_after=0.5, hangup_after=1.5))
-    await request_callback(asterisk, obs, "7801", first)
-    await request_callback(asterisk, obs, "7801", second)
+    await request_callback(sip_caller, obs, "7801", first)
+    await request_callback(sip_caller, obs, "7801", second)
     before = row_for(r.db, "q7801", first)
     assert before.state == "callback_pending"
 
     await svc.set_ready("agent1", True)
     await phone.wait_for_calls(1, 20, answered)
     agent_leg = await leg_chan(obs, "PJSIP/agent1-")
-    await obs.wait_for(lambda e: playback(e, "PlaybackStarted", "en/preview_intro", agent_leg))
+    await obs.wait_for(lambda e: is_playback(e, "PlaybackStarted", agent_leg, "en/preview_intro"))
     await svc.kill9()
 
     # Nobody drives the agent's channel now, but Asterisk keeps it (in Stasis).
@@ -449,6 +396,7 @@ async def test_sigkill_mid_preview_returns_the_offer_and_dials_once(
 async def test_sigkill_mid_dial_keeps_the_attempt_and_redials_once(
     asterisk: AsteriskInstance, ari_observer: AriObserver, rig: Callable[..., Rig],
     sip_phone: Callable[..., SipPhone], sip_carrier: Callable[..., SipCarrier],
+    sip_caller: Callable[..., SipCaller],
 ) -> None:
     """The customer's phone rings (the agent accepted); SIGKILL. The new instance hangs
     up both stray legs (the agent's and the ringing customer's -- long before the 30 s
@@ -464,7 +412,7 @@ async def test_sigkill_mid_dial_keeps_the_attempt_and_redials_once(
     phone = sip_phone("agent1", behaviours=ACCEPT)
     carrier = sip_carrier(behaviours=[RING_FOREVER,
                                       CallBehaviour(answer_after=0.5, hangup_after=1.5)])
-    await request_callback(asterisk, obs, "7802", number)
+    await request_callback(sip_caller, obs, "7802", number)
     await svc.set_ready("agent1", True)
     [ringing] = await carrier.wait_for_calls(1, 30)
     assert ringing.dialled == e164(number)
@@ -506,6 +454,7 @@ async def test_sigkill_mid_dial_keeps_the_attempt_and_redials_once(
 async def test_sigterm_stops_gracefully_and_the_next_instance_takes_over(
     asterisk: AsteriskInstance, ari_observer: AriObserver, rig: Callable[..., Rig],
     sip_phone: Callable[..., SipPhone], sip_carrier: Callable[..., SipCarrier],
+    sip_caller: Callable[..., SipCaller],
 ) -> None:
     """Three callers wait, the first one's agent is being rung, a fourth has pressed 1
     and hears the confirmation; SIGTERM. The process lets the fourth hear the
@@ -524,66 +473,61 @@ async def test_sigterm_stops_gracefully_and_the_next_instance_takes_over(
     carrier = sip_carrier(behaviours=CallBehaviour(answer_after=0.3, hangup_after=1.0))
     svc = r.service()
     await svc.healthy()
-    callers = [SipCaller(asterisk, "7803", caller=n, max_duration=90) for n in numbers]
-    pressing = SipCaller(asterisk, "7803", caller=presser, digits=[(2.5, "1")],
-                         max_duration=60)
+    callers = [sip_caller("7803", caller=n, max_duration=90) for n in numbers]
+    pressing = sip_caller("7803", caller=presser, digits=[(2.5, "1")], max_duration=60)
     chans: list[str] = []
-    try:
-        for n, c in zip(numbers, callers, strict=True):
-            c.start()
-            chans.append(await caller_chan(obs, n))
-            await c.wait_answered(20)
-            await until(stored(r.db, "q7803", n), 10, "arrival stored")
-        [ring] = await phone.wait_for_calls(1, 20)
-        assert ring.from_number.endswith(numbers[0])
-        pressing.start()
-        presser_chan = await caller_chan(obs, presser)
-        await obs.wait_for(lambda e: playback(e, "PlaybackStarted", "en/confirmation",
-                                              presser_chan), 20)
-        before = rows(r.db, "q7803")
-        assert [x.state for x in before] == ["offered", "waiting", "waiting",
-                                             "callback_pending"]
+    for n, c in zip(numbers, callers, strict=True):
+        c.start()
+        chans.append((await caller_channel(obs, n))[0])
+        await c.wait_answered(20)
+        await until(stored(r.db, "q7803", n), 10, "arrival stored")
+    [ring] = await phone.wait_for_calls(1, 20)
+    assert ring.from_number.endswith(numbers[0])
+    pressing.start()
+    presser_chan, _ = await caller_channel(obs, presser)
+    await obs.wait_for(lambda e: is_playback(e, "PlaybackStarted", presser_chan,
+                                             "en/confirmation"), 20)
+    before = rows(r.db, "q7803")
+    assert [x.state for x in before] == ["offered", "waiting", "waiting",
+                                         "callback_pending"]
 
-        sent = svc.signal(signal.SIGTERM)
-        assert await svc.exited(GRACE + 1.0) == 0, svc.tail()
-        gone = time.time()
-        # The press-1 in flight finished: the confirmation to its end, then our BYE.
-        [heard] = obs.find(lambda e: playback(e, "PlaybackFinished", "en/confirmation",
-                                              presser_chan))
-        assert heard["playback"]["state"] == "done"
-        result = await pressing.wait(10)
-        assert result.hung_up_by == "them" and result.bye_received_at is not None
-        assert ts(heard) - 0.2 <= result.bye_received_at <= gone + 0.2
-        # The ringing agent leg was hung up and its offer returned, durably.
-        [cancelled] = await phone.wait_for_calls(1, 10, lambda c: c.cancelled_at is not None)
-        assert cancelled.cancelled_at is not None and cancelled.cancelled_at <= gone + 0.5
-        after = rows(r.db, "q7803")
-        assert [(x.id, x.state, x.offered_to) for x in after] == [
-            (x.id, "waiting", None) for x in before[:3]] + [
-            (before[3].id, "callback_pending", None)]
-        # No new offer once stopping; the waiting callers stay up, in Stasis.
-        late = obs.find(lambda e: playback(e, "PlaybackStarted", "en/connecting")
-                        and playback_chan(e) in chans and ts(e) > sent + 0.1)
-        assert late == []
-        assert not any(destroyed(obs, ch) for ch in chans)
-        assert set(chans) <= {c["id"] for c in await channels(obs)}
+    sent = svc.signal(signal.SIGTERM)
+    assert await svc.exited(GRACE + 1.0) == 0, svc.tail()
+    gone = time.time()
+    # The press-1 in flight finished: the confirmation to its end, then our BYE.
+    [heard] = obs.find(lambda e: is_playback(e, "PlaybackFinished", presser_chan,
+                                             "en/confirmation"))
+    assert heard["playback"]["state"] == "done"
+    result = await pressing.wait(10)
+    assert result.hung_up_by == "them" and result.bye_received_at is not None
+    assert ts(heard) - 0.2 <= result.bye_received_at <= gone + 0.2
+    # The ringing agent leg was hung up and its offer returned, durably.
+    [cancelled] = await phone.wait_for_calls(1, 10, lambda c: c.cancelled_at is not None)
+    assert cancelled.cancelled_at is not None and cancelled.cancelled_at <= gone + 0.5
+    after = rows(r.db, "q7803")
+    assert [(x.id, x.state, x.offered_to) for x in after] == [
+        (x.id, "waiting", None) for x in before[:3]] + [
+        (before[3].id, "callback_pending", None)]
+    # No new offer once stopping; the waiting callers stay up, in Stasis.
+    late = obs.find(lambda e: is_playback(e, "PlaybackStarted", file="en/connecting")
+                    and playback_chan(e) in chans and ts(e) > sent + 0.1)
+    assert late == []
+    assert not any(destroyed(obs, ch) for ch in chans)
+    assert set(chans) <= {c["id"] for c in await channels(obs)}
 
-        svc2 = r.service()
-        await svc2.healthy()
-        queue = (await svc2.request("GET", "/api/queues"))["q7803"]["items"]
-        assert [i["id"] for i in queue] == [x.id for x in before]
-        # Served in order, one at a time, by the only agent: the three, then the callback.
-        calls = await phone.wait_for_calls(5, 60)
-        assert [c.from_number[-10:] for c in calls[1:]] == [*numbers, presser]
-        for c in callers:
-            assert (await c.wait(30)).hung_up_by == "them"
-        [dialled] = await carrier.wait_for_calls(1, 30)
-        assert dialled.dialled == e164(presser)
-        await until(lambda: [x.state for x in rows(r.db, "q7803")] == ["connected"] * 3
-                    + ["done"], 30, "all served")
-    finally:
-        for c in [*callers, pressing]:
-            c.stop()
+    svc2 = r.service()
+    await svc2.healthy()
+    queue = (await svc2.request("GET", "/api/queues"))["q7803"]["items"]
+    assert [i["id"] for i in queue] == [x.id for x in before]
+    # Served in order, one at a time, by the only agent: the three, then the callback.
+    calls = await phone.wait_for_calls(5, 60)
+    assert [c.from_number[-10:] for c in calls[1:]] == [*numbers, presser]
+    for c in callers:
+        assert (await c.wait(30)).hung_up_by == "them"
+    [dialled] = await carrier.wait_for_calls(1, 30)
+    assert dialled.dialled == e164(presser)
+    await until(lambda: [x.state for x in rows(r.db, "q7803")] == ["connected"] * 3
+                + ["done"], 30, "all served")
 
 
 # ====================================================================== trunk faults
@@ -640,7 +584,7 @@ async def test_facts_what_asterisk_reports_for_trunk_outcomes(
 
 async def test_trunk_that_never_answers_is_a_trunk_failure_not_an_attempt(
     asterisk: AsteriskInstance, ari_observer: AriObserver, rig: Callable[..., Rig],
-    sip_phone: Callable[..., SipPhone],
+    sip_phone: Callable[..., SipPhone], sip_caller: Callable[..., SipCaller],
 ) -> None:
     """Attempt 1: the carrier swallows the INVITE (no response at all); attempt 2: it
     answers 503. Both are trunk failures: recorded as such, counted in /metrics, the
@@ -658,7 +602,7 @@ async def test_trunk_that_never_answers_is_a_trunk_failure_not_an_attempt(
                                        CallBehaviour(answer_after=0.5, hangup_after=1.5)])
     carrier.start()
     try:
-        await request_callback(asterisk, obs, "7804", number)
+        await request_callback(sip_caller, obs, "7804", number)
         await svc.set_ready("agent1", True)
         await carrier.wait_for_calls(1, 60, answered)
         calls = carrier.calls()
@@ -674,7 +618,7 @@ async def test_trunk_that_never_answers_is_a_trunk_failure_not_an_attempt(
 
         # Each failed attempt: the agent hears the notice to its end and is hung up.
         def notices() -> list[Event]:
-            return obs.find(lambda e: playback(e, "PlaybackFinished", "en/callback_failed"))
+            return obs.find(lambda e: is_playback(e, "PlaybackFinished", file="en/callback_failed"))
         await until(lambda: len(notices()) == 2, 20, "two failure notices")
         assert all(n["playback"]["state"] == "done" for n in notices())
         agent_calls = await phone.wait_for_calls(3, 20)
@@ -694,8 +638,6 @@ async def test_asterisk_restart_under_the_service_then_the_callback_is_dialled(
     """Asterisk restarts under the running service (a separate instance): the service
     reconnects by itself; the live caller Asterisk lost is abandoned; the confirmed
     callback stays and is dialled once an agent is ready."""
-    from tests.conftest import finish_asterisk, start_asterisk
-
     inst = start_asterisk()
     obs = AriObserver(inst)
     await obs.start()
@@ -706,11 +648,11 @@ async def test_asterisk_restart_under_the_service_then_the_callback_is_dialled(
         svc = r.service()
         await svc.healthy()
         await svc.set_ready("agent1", False)
-        await request_callback(inst, obs, "7805", cb_number)
+        await request_callback(functools.partial(SipCaller, inst), obs, "7805", cb_number)
         live = SipCaller(inst, "7805", caller=live_number, max_duration=90)
         peers.append(live)
         live.start()
-        await caller_chan(obs, live_number)
+        await caller_channel(obs, live_number)
         await until(lambda: len(rows(r.db, "q7805")) == 2, 10, "both stored")
         await obs.close()
 
@@ -749,20 +691,13 @@ async def reconnected(svc: ServiceProcess) -> bool:
                for line in str(text).splitlines())
 
 
-async def until_async(cond: Callable[[], Awaitable[bool]], timeout: float, what: str) -> None:
-    deadline = time.monotonic() + timeout
-    while not await cond():
-        if time.monotonic() > deadline:
-            raise TimeoutError(f"not met within {timeout:.0f}s: {what}")
-        await asyncio.sleep(0.2)
-
-
 # ====================================================================== conversations survive
 
 
 async def test_conversations_bridged_by_the_killed_instance_are_kept(
     asterisk: AsteriskInstance, ari_observer: AriObserver, rig: Callable[..., Rig],
     sip_phone: Callable[..., SipPhone], sip_carrier: Callable[..., SipCarrier],
+    sip_caller: Callable[..., SipCaller],
 ) -> None:
     """Two conversations are up when the service is SIGKILLed: agent1 with a callback
     customer, agent2 with a live caller. The new instance hangs neither up; when one side
@@ -778,50 +713,47 @@ async def test_conversations_bridged_by_the_killed_instance_are_kept(
     phone1 = sip_phone("agent1", behaviours=ACCEPT)
     phone2 = sip_phone("agent2", behaviours=CallBehaviour(answer_after=0.3))
     carrier = sip_carrier(behaviours=CallBehaviour(answer_after=0.5))
-    live = SipCaller(asterisk, "7807", caller=live_number, max_duration=90)
-    try:
-        await request_callback(asterisk, obs, "7807", cb_number)
-        live.start()
-        live_chan = await caller_chan(obs, live_number)
-        await until(lambda: len(rows(r.db, "q7807")) == 2, 10, "both stored")
-        await svc.set_ready("agent1", True)  # the callback (earlier) goes to agent1
-        customer = await customer_chan(obs, e164(cb_number))
-        await until(lambda: row_for(r.db, "q7807", cb_number).state == "done", 30, "bridged")
-        await svc.set_ready("agent2", True)
-        await until(lambda: row_for(r.db, "q7807", live_number).state == "connected", 30,
-                    "caller bridged")
-        agent1 = await leg_chan(obs, "PJSIP/agent1-")
-        agent2 = await leg_chan(obs, "PJSIP/agent2-")
-        bridges: dict[str, str] = {}
-        for a, b in ((agent1, customer), (agent2, live_chan)):
-            ev = await obs.wait_type("ChannelEnteredBridge", channel_id=b)
-            bridges[a] = str(ev["bridge"]["id"])
-            await obs.wait_for(entered(a, bridges[a]))
-        await svc.kill9()
+    live = sip_caller("7807", caller=live_number, max_duration=90)
+    await request_callback(sip_caller, obs, "7807", cb_number)
+    live.start()
+    live_chan, _ = await caller_channel(obs, live_number)
+    await until(lambda: len(rows(r.db, "q7807")) == 2, 10, "both stored")
+    await svc.set_ready("agent1", True)  # the callback (earlier) goes to agent1
+    customer = await customer_chan(obs, e164(cb_number))
+    await until(lambda: row_for(r.db, "q7807", cb_number).state == "done", 30, "bridged")
+    await svc.set_ready("agent2", True)
+    await until(lambda: row_for(r.db, "q7807", live_number).state == "connected", 30,
+                "caller bridged")
+    agent1 = await leg_chan(obs, "PJSIP/agent1-")
+    agent2 = await leg_chan(obs, "PJSIP/agent2-")
+    bridges: dict[str, str] = {}
+    for a, b in ((agent1, customer), (agent2, live_chan)):
+        ev = await obs.wait_type("ChannelEnteredBridge", channel_id=b)
+        bridges[a] = str(ev["bridge"]["id"])
+        await obs.wait_for(entered(a, bridges[a]))
+    await svc.kill9()
 
-        svc2 = r.service()
-        await svc2.healthy()  # its resync is done
-        up = {c["id"] for c in await channels(obs)}
-        assert {agent1, customer, agent2, live_chan} <= up
-        assert {b["id"] for b in await ari(obs, "GET", "/bridges")} >= set(bridges.values())
+    svc2 = r.service()
+    await svc2.healthy()  # its resync is done
+    up = {c["id"] for c in await channels(obs)}
+    assert {agent1, customer, agent2, live_chan} <= up
+    assert {b["id"] for b in await ari(obs, "GET", "/bridges")} >= set(bridges.values())
 
-        # The customer hangs up (the network drops the call): agent1 is hung up too.
-        await ari(obs, "DELETE", f"/channels/{customer}")
-        await obs.wait_type("ChannelDestroyed", channel_id=agent1, timeout=10)
-        await obs.wait_for(lambda e: is_type(e, "BridgeDestroyed")
-                           and e["bridge"]["id"] == bridges[agent1], 10)
-        assert not destroyed(obs, live_chan) and not destroyed(obs, agent2)
-        # agent2 hangs up: the caller is hung up too.
-        await ari(obs, "DELETE", f"/channels/{agent2}")
-        await obs.wait_type("ChannelDestroyed", channel_id=live_chan, timeout=10)
-        await obs.wait_for(lambda e: is_type(e, "BridgeDestroyed")
-                           and e["bridge"]["id"] == bridges[agent2], 10)
-        assert (await live.wait(20)).hung_up_by == "them"
-        [a1] = await phone1.wait_for_calls(1, 10, ended)
-        assert a1.bye_received_at is not None
-        assert len(carrier.calls()) == 1 and len(phone2.calls()) == 1
-    finally:
-        live.stop()
+    # The customer hangs up (the network drops the call): agent1 is hung up too.
+    await ari(obs, "DELETE", f"/channels/{customer}")
+    await obs.wait_type("ChannelDestroyed", channel_id=agent1, timeout=10)
+    await obs.wait_for(lambda e: is_type(e, "BridgeDestroyed")
+                       and e["bridge"]["id"] == bridges[agent1], 10)
+    assert not destroyed(obs, live_chan) and not destroyed(obs, agent2)
+    # agent2 hangs up: the caller is hung up too.
+    await ari(obs, "DELETE", f"/channels/{agent2}")
+    await obs.wait_type("ChannelDestroyed", channel_id=live_chan, timeout=10)
+    await obs.wait_for(lambda e: is_type(e, "BridgeDestroyed")
+                       and e["bridge"]["id"] == bridges[agent2], 10)
+    assert (await live.wait(20)).hung_up_by == "them"
+    [a1] = await phone1.wait_for_calls(1, 10, ended)
+    assert a1.bye_received_at is not None
+    assert len(carrier.calls()) == 1 and len(phone2.calls()) == 1
 
 
 # ====================================================================== chaos
@@ -890,7 +822,7 @@ async def test_chaos_fifty_callers_and_a_crash(
             g.start()
 
         def confirmations() -> list[Event]:
-            return obs.find(lambda e: playback(e, "PlaybackStarted", "en/confirmation"))
+            return obs.find(lambda e: is_playback(e, "PlaybackStarted", file="en/confirmation"))
 
         await until(lambda: len(confirmations()) >= 8, 60, "eight confirmations")
         if sig == signal.SIGKILL:

@@ -6,7 +6,7 @@ shortened: tests never wait the real 30 s), the service run as ``scripts/up`` ru
 ``scripts/up`` prints, and two sipp softphones: the agent registering as ``regagent``
 and the demo caller registering as ``caller`` and dialling 5550100 from that account.
 
-An independent ARI app (tests/observer.py) checks what Asterisk did: the caller is
+An independent ARI app (tests/support/observer.py) checks what Asterisk did: the caller is
 presented as "Demo caller" <2015550123> whatever the softphone sends, hears the offer,
 presses 1 (RFC 4733), hears the confirmation and is hung up; the callback is stored as
 +12015550123 and listed by the API; nothing is dialled before the agent's 1; the agent's
@@ -25,10 +25,8 @@ import re
 import signal
 import sqlite3
 import sys
-import time
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
-from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -38,9 +36,12 @@ import pytest
 from ivr.config import load
 from rig import quickstart
 from rig.sandbox import DEMO_CALLER_NUMBER, AsteriskInstance, die_with_parent_preexec, free_port
-from tests.conftest import finish_asterisk, start_asterisk
-from tests.observer import AriObserver, Event
-from tests.sip import CallBehaviour, DemoCallerPhone, SipPhone
+from tests.peers import CallBehaviour, DemoCallerPhone, SipPhone
+from tests.support.asterisk import finish_asterisk, start_asterisk
+from tests.support.observer import AriObserver, Event
+from tests.support.observing import bridged, is_playback, ts
+from tests.support.service import until_healthy
+from tests.support.waiting import until, until_async
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -60,18 +61,6 @@ VERBOSE_LOG = "qs_verbose.log"  # in the instance's log dir
 # ---------------------------------------------------------------------- helpers
 
 
-def ts(event: Event) -> float:
-    return datetime.strptime(event["timestamp"], "%Y-%m-%dT%H:%M:%S.%f%z").timestamp()
-
-
-def playback(kind: str, chan: str, file: str) -> Callable[[Event], bool]:
-    def pred(e: Event) -> bool:
-        pb = e.get("playback") or {}
-        return (e.get("type") == kind and pb.get("target_uri") == f"channel:{chan}"
-                and str(pb.get("media_uri", "")).endswith("/" + file))
-    return pred
-
-
 def _prompt(e: Event) -> str:
     """``sound:digits/2`` -> ``digits/2``; ``sound:/…/prompts/en/offer`` -> ``en/offer``."""
     uri = str(e["playback"]["media_uri"]).removeprefix("sound:")
@@ -81,14 +70,6 @@ def _prompt(e: Event) -> str:
 def created(name_prefix: str) -> Callable[[Event], bool]:
     return lambda e: (e.get("type") == "ChannelCreated"
                       and str(e["channel"]["name"]).startswith(name_prefix))
-
-
-async def until(cond: Callable[[], bool], timeout: float = 30.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not cond():
-        if time.monotonic() > deadline:
-            raise TimeoutError("condition not met in time")
-        await asyncio.sleep(0.05)
 
 
 @dataclass
@@ -145,21 +126,6 @@ def _text(path: Path) -> str:
         return ""
 
 
-async def _healthy(url: str, proc: asyncio.subprocess.Process, log: Path,
-                   timeout: float = 30) -> None:
-    deadline = time.monotonic() + timeout
-    async with aiohttp.ClientSession() as http:
-        while True:
-            assert proc.returncode is None, f"the service exited:\n{_text(log)}"
-            with contextlib.suppress(aiohttp.ClientError):
-                async with http.get(url) as resp:
-                    if resp.status == 200:
-                        return
-            if time.monotonic() > deadline:
-                raise TimeoutError(f"service not healthy:\n{_text(log)}")
-            await asyncio.sleep(0.1)
-
-
 @pytest.fixture
 async def qs(tmp_path: Path) -> AsyncIterator[QuickStart]:
     """``scripts/up`` on free ports: the sandbox with the demo caller, the quick-start
@@ -199,7 +165,8 @@ async def qs(tmp_path: Path) -> AsyncIterator[QuickStart]:
                     await proc.wait()
 
         stack.push_async_callback(stop_service)
-        await _healthy(f"http://127.0.0.1:{api_port}/healthz", proc, log)
+        await until_healthy(f"http://127.0.0.1:{api_port}/healthz",
+                            lambda: proc.returncode is None, lambda: _text(log))
         token = (state / quickstart.TOKEN_FILE).read_text().strip()
         yield QuickStart(inst, state, api_port, token, observer, log)
 
@@ -301,19 +268,21 @@ async def _walk(qs: QuickStart, agent_phone: SipPhone, caller: DemoCallerPhone) 
     # "You hear music": Asterisk started music on hold on the caller's channel.
     moh = f"Started music on hold, class 'default', on channel '{arrival['channel']['name']}'"
     await until(lambda: moh in qs.verbose_log(), 10)
-    offer = await obs.wait_for(playback("PlaybackStarted", chan, "en/offer"), 20)
+    offer = await obs.wait_for(lambda e: is_playback(e, "PlaybackStarted", chan, "en/offer"), 20)
     # In overflow with one caller: no agent ready, so the wait is unbounded (> max_ewt).
     support = (await qs.get("/api/queues"))["support"]
     assert (support["waiting"], support["overflow"], support["ewt"]) == (1, True, None)
     assert support["items"][0]["kind"] == "inbound"
-    offer_end = await obs.wait_for(playback("PlaybackFinished", chan, "en/offer"), 20)
+    offer_end = await obs.wait_for(
+        lambda e: is_playback(e, "PlaybackFinished", chan, "en/offer"), 20)
     assert ts(offer) - ts(arrival) >= FIRST_OFFER_AFTER - 0.3
     press = await obs.wait_type("ChannelDtmfReceived", 30, channel_id=chan)
     assert press["digit"] == "1"
     assert ts(press) >= ts(offer_end)  # heard to its end, then 1
-    confirm = await obs.wait_for(playback("PlaybackStarted", chan, "en/confirmation"), 20)
-    confirm_end = await obs.wait_for(playback("PlaybackFinished", chan, "en/confirmation"),
-                                     20)
+    confirm = await obs.wait_for(
+        lambda e: is_playback(e, "PlaybackStarted", chan, "en/confirmation"), 20)
+    confirm_end = await obs.wait_for(
+        lambda e: is_playback(e, "PlaybackFinished", chan, "en/confirmation"), 20)
     assert confirm_end["playback"]["state"] == "done"  # heard to its end
     own = await caller.wait_own_call(lambda c: c.ended, 20)
     assert own.hung_up_by == "them" and own.bye_received_at is not None
@@ -363,12 +332,8 @@ async def _walk(qs: QuickStart, agent_phone: SipPhone, caller: DemoCallerPhone) 
     assert {str(e["channel"]["name"]).split("-")[0] for e in obs.find(created("PJSIP/"))} \
         == {"PJSIP/caller", f"PJSIP/{qs.inst.reg_user}"}
 
-    def bridged(c: str) -> list[Event]:
-        return obs.find(lambda e: e.get("type") == "ChannelEnteredBridge"
-                        and e["channel"]["id"] == c)
-
-    await until(lambda: bool(bridged(agent_chan)) and bool(bridged(cust_chan)), 20)
-    assert bridged(agent_chan)[0]["bridge"]["id"] == bridged(cust_chan)[0]["bridge"]["id"]
+    await until(lambda: bool(bridged(obs, agent_chan)) and bool(bridged(obs, cust_chan)), 20)
+    assert bridged(obs, agent_chan)[0]["bridge"]["id"] == bridged(obs, cust_chan)[0]["bridge"]["id"]
     # The customer hangs up after talking; the agent's call is ended too.
     [done] = await caller.wait_for_calls(1, 20, lambda c: c.ended)
     assert done.answered_at is not None and done.bye_sent_at is not None
@@ -380,11 +345,12 @@ async def _walk(qs: QuickStart, agent_phone: SipPhone, caller: DemoCallerPhone) 
 
 async def _wait_api(qs: QuickStart, path: str, cond: Callable[[Any], bool],
                     timeout: float = 20) -> Any:
-    deadline = time.monotonic() + timeout
-    while True:
-        body = await qs.get(path)
-        if cond(body):
-            return body
-        if time.monotonic() > deadline:
-            raise TimeoutError(f"{path}: {body}")
-        await asyncio.sleep(0.1)
+    """Until the API's answer on ``path`` satisfies ``cond``; that answer."""
+    body: list[Any] = []
+
+    async def holds() -> bool:
+        body[:] = [await qs.get(path)]
+        return cond(body[0])
+
+    await until_async(holds, timeout, lambda: f"{path}: {body[0]}", every=0.1)
+    return body[0]

@@ -8,51 +8,36 @@ import os
 import signal
 import subprocess
 import sys
+from collections.abc import Callable
 from pathlib import Path
-
-import aiohttp
 
 from ivr.app import running
 from ivr.domain.items import Kind
 from rig.sandbox import AsteriskInstance, free_port
-from tests.appcfg import write_config
-from tests.observer import AriObserver
-from tests.sip import SipCaller
-from tests.test_caller_flow import caller_channel, is_playback, playbacks, until
-
-
-async def _healthy(url: str, proc: subprocess.Popen[bytes], timeout: float = 30) -> None:
-    """Wait until the service answers its health probe (its ARI websocket is up)."""
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + timeout
-    async with aiohttp.ClientSession() as http:
-        while True:
-            assert proc.poll() is None, "the service exited"
-            try:
-                async with http.get(url) as resp:
-                    if resp.status == 200:
-                        return
-            except aiohttp.ClientError:
-                pass
-            if loop.time() > deadline:
-                raise TimeoutError("service not healthy")
-            await asyncio.sleep(0.1)
+from tests.peers import SipCaller
+from tests.support.asterisk import finish_asterisk, start_asterisk
+from tests.support.config import SHORT, write_config
+from tests.support.observer import AriObserver
+from tests.support.observing import caller_channel, is_playback, playbacks
+from tests.support.service import until_healthy
+from tests.support.waiting import until
 
 
 async def test_kill_9_then_restart_readopts_waiting_callers(
-    asterisk: AsteriskInstance, ari_observer: AriObserver, tmp_path: Path
+    asterisk: AsteriskInstance, ari_observer: AriObserver, tmp_path: Path,
+    sip_caller: Callable[..., SipCaller],
 ) -> None:
     queues = {"q7301": {"max_waiting": 1, "max_ewt": None, "first_offer_after": "6s",
-                        "repeat_offer_every": "60s",
-                        "prompts": {"offer": "en/connecting", "confirmation": "en/minutes"}}}
+                        "repeat_offer_every": "60s", "prompts": SHORT}}
     http: dict[str, str | int] = {"bind": "127.0.0.1", "port": free_port(udp=False)}
     cfg = write_config(asterisk, tmp_path, queues, http=http)
     proc = subprocess.Popen(  # noqa: ASYNC220 - a child we SIGKILL, never waited on long
         [sys.executable, "-m", "ivr.cli", "run", str(tmp_path / "config.yaml")],
         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    await _healthy(f"http://127.0.0.1:{http['port']}/healthz", proc)
-    a = SipCaller(asterisk, "7301", caller="2015550301", digits=[(9.0, "1")], max_duration=40)
-    b = SipCaller(asterisk, "7301", caller="2015550302", max_duration=40)
+    # Until the service answers its health probe (its ARI websocket is up).
+    await until_healthy(f"http://127.0.0.1:{http['port']}/healthz", lambda: proc.poll() is None)
+    a = sip_caller("7301", caller="2015550301", digits=[(9.0, "1")], max_duration=40)
+    b = sip_caller("7301", caller="2015550302", max_duration=40)
     try:
         a.start()
         chan_a, _ = await caller_channel(ari_observer, "2015550301")
@@ -87,14 +72,11 @@ async def test_asterisk_restart_keeps_callbacks_and_cleans_up_lost_calls(
 ) -> None:
     """Asterisk restarts under the running app: the app reconnects by itself, every
     committed callback stays in place, and the live caller Asterisk lost is closed."""
-    from tests.conftest import finish_asterisk, start_asterisk
-
-    inst = start_asterisk()
+    inst = start_asterisk()  # its own: restarted under the running app
     obs = AriObserver(inst)
     await obs.start()
     queues = {"q7302": {"max_waiting": None, "max_ewt": "30s", "first_offer_after": "1s",
-                        "repeat_offer_every": "60s",
-                        "prompts": {"offer": "en/connecting", "confirmation": "en/minutes"}}}
+                        "repeat_offer_every": "60s", "prompts": SHORT}}
     cfg = write_config(inst, tmp_path, queues)
     try:
         async with running(cfg) as svc:

@@ -17,9 +17,9 @@ import aiohttp
 import pytest
 
 from rig.sandbox import AsteriskInstance
-from tests.conftest import finish_asterisk, start_asterisk
-from tests.observer import AriObserver, Event
-from tests.sip import BUSY, CallBehaviour, SipCaller, SipCarrier, SipPhone
+from tests.peers import BUSY, CallBehaviour, SipCaller, SipCarrier, SipPhone
+from tests.support.asterisk import finish_asterisk, start_asterisk
+from tests.support.observer import AriObserver, Event
 
 pytestmark = pytest.mark.asterisk
 

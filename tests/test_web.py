@@ -15,8 +15,8 @@ import pytest
 from ivr.app import running
 from ivr.domain.agents import AgentStatus
 from rig.sandbox import AsteriskInstance, free_port
-from tests.appcfg import write_config
 from tests.fakeari import FakeAri, service_on
+from tests.support.config import write_config
 
 
 async def test_api_auth_agent_state_and_bad_requests(

@@ -34,6 +34,9 @@ class AriObserver:
         self.instance = instance
         self.app = app
         self.events: list[Event] = []
+        # Channels already handed out by ``observing.caller_channel``: a test's next
+        # caller from the same number gets the next channel, not the first one again.
+        self.claimed: set[str] = set()
         self._session: aiohttp.ClientSession | None = None
         self._ws: aiohttp.ClientWebSocketResponse | None = None
         self._task: asyncio.Task[None] | None = None
