@@ -4,8 +4,10 @@ their channels in Stasis; a new app re-adopts them in their original order."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import signal
+import sqlite3
 import subprocess
 import sys
 from collections.abc import Callable
@@ -21,6 +23,14 @@ from tests.support.observer import AriObserver
 from tests.support.observing import caller_channel, is_playback, playbacks
 from tests.support.service import until_healthy
 from tests.support.waiting import until
+
+
+def _stored_count(db: Path) -> int:
+    with contextlib.closing(sqlite3.connect(f"file:{db}?mode=ro", uri=True)) as conn:
+        try:
+            return int(conn.execute("SELECT count(*) FROM items").fetchone()[0])
+        except sqlite3.OperationalError:  # not created yet
+            return 0
 
 
 async def test_kill_9_then_restart_readopts_waiting_callers(
@@ -45,7 +55,8 @@ async def test_kill_9_then_restart_readopts_waiting_callers(
         b.start()
         chan_b, _ = await caller_channel(ari_observer, "2015550302")
         await b.wait_answered(20)
-        await asyncio.sleep(0.5)  # let the second arrival's commit land (no event marks it)
+        # Both arrivals committed before the kill (no ARI event marks a commit).
+        await until(lambda: _stored_count(cfg.store_path) == 2, 20, "both arrivals stored")
     finally:
         os.kill(proc.pid, signal.SIGKILL)
         proc.wait()
