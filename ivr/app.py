@@ -9,6 +9,7 @@ import os
 import re
 import secrets
 import signal
+import sqlite3
 import time
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -23,10 +24,14 @@ from ivr.domain.queues import QueueEngine
 from ivr.flows.context import FlowContext
 from ivr.flows.dispatcher import Dispatcher
 from ivr.flows.switchboard import Switchboard
-from ivr.store import SqliteStore
+from ivr.store import SqliteStore, StoreError
 from ivr.web.api import make_web_app
 
 log = logging.getLogger("ivr.app")
+
+
+class StoreUnusable(Exception):
+    """The store could not be opened at start (a configuration problem: exit 2)."""
 
 
 #: the generated API token lives next to the store database, readable by its owner only
@@ -115,8 +120,12 @@ class Service:
         self.event_task_restarts = 0
 
     async def start(self, *, http: bool = True, connect_timeout: float = 30.0) -> None:
-        self.cfg.store_path.parent.mkdir(parents=True, exist_ok=True)
-        self.store = await SqliteStore.open(self.cfg.store_path)
+        # The store creates its directory (0700) and file (0600) itself.
+        try:
+            self.store = await SqliteStore.open(self.cfg.store_path)
+        except (StoreError, sqlite3.Error, OSError, ValueError) as exc:
+            raise StoreUnusable(f"cannot open the store {self.cfg.store_path}: {exc}") \
+                from exc
         # R20/R21: the queues are rebuilt from the store before any call is taken.
         self.engine.restore(await self.store.load_open())
         await self.store.save(self.engine.drain_changes())
@@ -236,7 +245,11 @@ async def run_forever(cfg: Config) -> None:
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
     svc = Service(cfg)
-    await svc.start(connect_timeout=3600)
+    try:
+        await svc.start(connect_timeout=3600)
+    except BaseException:
+        await svc.stop()
+        raise
     log.info("ivr running: app=%s, %d queues, %d agents", cfg.ari.app, len(cfg.queues),
              len(cfg.agents))
     try:

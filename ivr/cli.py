@@ -33,13 +33,6 @@ def _store_error(cfg: config_mod.Config, reason: str) -> str:
     return str(config_mod.ConfigError(reason, "store.path", cfg.line_of("store.path")))
 
 
-async def _open_store(cfg: config_mod.Config) -> None:
-    """Open (create, tighten, migrate) and close the store, so that a store ``run``
-    cannot use fails here with one line rather than in the middle of the start-up."""
-    store = await store_mod.SqliteStore.open(cfg.store_path)
-    await store.close()
-
-
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="ivr", description="Direct-callback IVR for Asterisk")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -60,20 +53,18 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(json.dumps({"ok": True, **config_mod.as_dict(cfg)}, indent=2))
         return 0
 
-    from ivr.app import run_forever  # imported late: check-config needs no aiohttp loop
+    from ivr.app import StoreUnusable, run_forever  # late: check-config needs no aiohttp
 
     logging.basicConfig(
         level=cfg.log_level,
         format="%(asctime)s %(levelname)s %(name)s %(message)s",
     )
     try:
-        asyncio.run(_open_store(cfg))
-    except (store_mod.StoreError, sqlite3.Error, OSError, ValueError) as exc:
-        log.debug("opening the store failed", exc_info=True)
-        return _bad(_store_error(cfg, f"cannot open the store {cfg.store_path}: {exc}"))
-    try:
         with contextlib.suppress(KeyboardInterrupt):
             asyncio.run(run_forever(cfg))
+    except StoreUnusable as exc:  # a store the probe could not foresee (opened first)
+        log.debug("opening the store failed", exc_info=True)
+        return _bad(_store_error(cfg, str(exc)))
     except (store_mod.StoreError, sqlite3.Error, OSError) as exc:  # e.g. HTTP port taken
         log.debug("stopped by an error", exc_info=True)
         print(f"ivr: stopped: {exc}", file=sys.stderr)

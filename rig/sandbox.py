@@ -44,6 +44,7 @@ import urllib.request
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, fields
 from pathlib import Path
+from typing import Any
 
 DEFAULT_CACHE = Path(os.environ.get("IVR_ASTERISK_CACHE", "/var/cache/ivr"))
 ROOTFS_NAME = "asterisk-rootfs"
@@ -107,6 +108,21 @@ def provision(cache_dir: Path = DEFAULT_CACHE) -> Path:
 
 
 # ------------------------------------------------------------------ processes
+
+
+def stop_process_group(proc: subprocess.Popen[Any], timeout: float) -> None:
+    """SIGTERM the process group of ``proc`` (started with ``start_new_session``), then
+    SIGKILL after ``timeout``; reap it."""
+    if proc.poll() is not None:
+        return
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(proc.pid, signal.SIGTERM)
+    try:
+        proc.wait(timeout)
+    except subprocess.TimeoutExpired:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
 
 
 def die_with_parent() -> None:
@@ -306,16 +322,7 @@ class AsteriskInstance:
     def stop(self, timeout: float = 15.0) -> None:
         """SIGTERM the process group, then SIGKILL; wait for it."""
         if self._proc is not None:
-            proc = self._proc
-            if proc.poll() is None:
-                with contextlib.suppress(ProcessLookupError):
-                    os.killpg(proc.pid, signal.SIGTERM)
-                try:
-                    proc.wait(timeout)
-                except subprocess.TimeoutExpired:
-                    with contextlib.suppress(ProcessLookupError):
-                        os.killpg(proc.pid, signal.SIGKILL)
-                    proc.wait()
+            stop_process_group(self._proc, timeout)
             self._proc = None
             self.pid = None
             return

@@ -14,7 +14,6 @@ import os
 import random
 import re
 import shutil
-import signal
 import socket
 import subprocess
 import tempfile
@@ -22,7 +21,7 @@ import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
-from rig.sandbox import die_with_parent_preexec
+from rig.sandbox import die_with_parent_preexec, stop_process_group
 from tests.peers.trace import SipMessage, parse_trace
 
 SIPP_DIR = Path(__file__).resolve().parent.parent / "sipp"
@@ -219,15 +218,7 @@ class SippProcess:
         proc = self.proc
         if proc is None:
             return
-        if proc.poll() is None:
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(proc.pid, signal.SIGTERM)
-            try:
-                proc.wait(timeout)
-            except subprocess.TimeoutExpired:
-                with contextlib.suppress(ProcessLookupError):
-                    os.killpg(proc.pid, signal.SIGKILL)
-                proc.wait()
+        stop_process_group(proc, timeout)
 
     def messages(self) -> list[SipMessage]:
         return parse_trace(self.message_log)
