@@ -14,7 +14,7 @@ import contextlib
 import logging
 import uuid
 from collections.abc import Awaitable, Callable, Collection, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, TypeVar
 
 from ivr import ari
@@ -33,7 +33,6 @@ class Message:
     """An internal message to a session (not from Asterisk)."""
 
     kind: str
-    data: dict[str, Any] = field(default_factory=dict)
 
     @property
     def channel_id(self) -> str:
