@@ -22,6 +22,7 @@ import heapq
 import math
 from collections import OrderedDict
 from collections.abc import Collection, Iterable, Mapping
+from datetime import UTC, datetime
 
 from ivr.domain.ewt import DequeueEstimator
 from ivr.domain.items import (
@@ -46,6 +47,10 @@ def _checked(number: str) -> str:
     if not isinstance(number, str) or not number.strip() or number != number.strip():
         raise ValueError("not a phone number")
     return number
+
+
+def _iso(at: float) -> str:
+    return datetime.fromtimestamp(at, UTC).isoformat(timespec="seconds")
 
 
 class QueueError(Exception):
@@ -87,6 +92,7 @@ class _Queue:
         "ready_callback",
         "ready_inbound",
         "retry",
+        "scheduled",
         "serving",
     )
 
@@ -96,6 +102,9 @@ class _Queue:
         self.ready_inbound = OrderIndex()
         self.ready_callback = OrderIndex()
         self.retry: list[tuple[float, int, str]] = []
+        # Callbacks booked for a later time (``add_callback(not_before=...)``): outside
+        # ``open`` until then, so they neither count as waiting nor push anyone back.
+        self.scheduled: list[tuple[float, int, str]] = []
         # Until the app tells us, assume one agent: EWT must be finite at start-up.
         self.serving = 1
         self.estimator = DequeueEstimator(policy.ewt_alpha, policy.initial_dequeue_interval)
@@ -240,10 +249,20 @@ class QueueEngine:
         self._record(item, "arrived", channel=channel_id)
         return item
 
-    def add_callback(self, queue: str, number: str, *, arrived_at: float | None = None) -> WorkItem:
-        """A callback requested from outside (web form). Raises DuplicateCallback (R12)
-        and ValueError for a number that is not a phone number or a future arrival.
-        The number guard (R13) is the caller's business: it knows the queue's patterns."""
+    def add_callback(
+        self, queue: str, number: str, *, arrived_at: float | None = None,
+        not_before: float | None = None,
+    ) -> WorkItem:
+        """A callback requested from outside (web form, API). Raises DuplicateCallback
+        (R12) and ValueError for a number that is not a phone number, a future
+        ``arrived_at`` or a ``not_before`` past the expiry window. The number guard (R13)
+        and business hours are the caller's business: it knows the queue's config.
+
+        ``not_before`` (a scheduled callback, "call me tomorrow at 9"): not dispatched
+        before that time, and FIFO-fair from it on: its place is that of a caller who
+        arrives at that moment, behind everyone who came earlier. Until then it is not
+        in the queue (no position, not counted as waiting) but it is open, durable and
+        deduplicated like any callback."""
         q = self._queue(queue)
         norm = _checked(number)
         self._check_duplicate(queue, norm)
@@ -251,6 +270,12 @@ class QueueEngine:
         at = now if arrived_at is None else arrived_at
         if at > now:
             raise ValueError("arrived_at is in the future")
+        later = not_before is not None and not_before > now
+        if later:
+            assert not_before is not None
+            if not_before > now + q.policy.expire_after:
+                raise ValueError("not_before is further away than the queue's expire_after")
+            at = not_before
         item = WorkItem(
             id=new_item_id(),
             queue=queue,
@@ -259,18 +284,62 @@ class QueueEngine:
             arrived_at=at,
             seq=self._next_seq(),
             number=norm,
-            next_eligible_at=now,
+            next_eligible_at=at if later else now,
             created_at=now,
             updated_at=now,
-            expires_at=now + q.policy.expire_after,
+            expires_at=max(at, now) + q.policy.expire_after,
         )
+        self._callbacks[(queue, norm)] = item.id
+        heapq.heappush(self._expiry, (item.expires_at or now, item.seq, item.id))
+        if later:
+            self._items[item.id] = item
+            heapq.heappush(q.scheduled, (at, item.seq, item.id))
+            self._record(item, "callback_scheduled", not_before=_iso(at))
+            return item
         self._insert(q, item)
         item.predicted_wait = q.estimator.estimate(q.open.rank(item.key) + 1, q.serving)
         self._enter_pending(q, item, now)
-        self._callbacks[(queue, norm)] = item.id
-        heapq.heappush(self._expiry, (item.expires_at or now, item.seq, item.id))
         self._record(item, "callback_requested")
         return item
+
+    def scheduled(self, queue: str) -> list[WorkItem]:
+        """Open callbacks booked for later, soonest first (not yet in the queue)."""
+        q = self._queue(queue)
+        items = [self._items[i] for _, _, i in q.scheduled if self._is_scheduled(q, i)]
+        return sorted(items, key=lambda i: i.key)
+
+    def activate_scheduled(self) -> list[WorkItem]:
+        """Scheduled callbacks whose time has come join their queue, at the place of an
+        arrival at that time. Called by every dispatch (and by anyone who wants the
+        queues current before reading them)."""
+        now = self._clock.now()
+        joined: list[WorkItem] = []
+        for q in self._queues.values():
+            heap = q.scheduled
+            while heap and heap[0][0] <= now:
+                _, _, item_id = heapq.heappop(heap)
+                if not self._is_scheduled(q, item_id):
+                    continue  # cancelled meanwhile
+                item = self._items[item_id]
+                self._insert(q, item)
+                item.predicted_wait = q.estimator.estimate(q.open.rank(item.key) + 1,
+                                                           q.serving)
+                self._enter_pending(q, item, now)
+                self._record(item, "callback_due")
+                joined.append(item)
+        return joined
+
+    def _is_scheduled(self, q: _Queue, item_id: str) -> bool:
+        item = self._items.get(item_id)
+        return item is not None and item.state is State.CALLBACK_PENDING and \
+            item.key not in q.open
+
+    def note_offer_played(self, item_id: str) -> None:
+        """R3: the callback offer played to this caller; recorded once per item (the
+        first time) for the day's outcome funnel. Saved with the next commit."""
+        item = self._items.get(item_id)
+        if item is not None and not any(h.event == "callback_offered" for h in item.history):
+            self._record(item, "callback_offered")
 
     def convert_to_callback(self, item_id: str, number: str) -> WorkItem:
         """R6: a waiting caller pressed 1. Same item, same (arrived_at, seq): exactly the
@@ -344,6 +413,7 @@ class QueueEngine:
         ``skip``: item ids not to offer now (a caller busy entering another number); they
         keep their place and the next item is offered instead.
         """
+        self.activate_scheduled()
         now = self._clock.now()
         # Free agents per queue, for the "could another agent take it" test.
         serving_free: dict[str, list[str]] = {}
@@ -587,7 +657,12 @@ class QueueEngine:
                 # silently dropping confirmed callbacks.
                 q = _Queue(QueuePolicy(name=item.queue))
                 self._queues[item.queue] = q
-            self._insert(q, item)
+            booked = item.state is State.CALLBACK_PENDING and item.arrived_at > now
+            if booked:
+                self._items[item.id] = item  # scheduled: joins the queue at arrived_at
+                heapq.heappush(q.scheduled, (item.arrived_at, item.seq, item.id))
+            else:
+                self._insert(q, item)
             norm = item.number
             if item.kind is Kind.CALLBACK and norm:
                 if (item.queue, norm) in self._callbacks:
@@ -609,7 +684,7 @@ class QueueEngine:
                 self._record(item, "dial_lost_on_restart")
             if item.state is State.WAITING:
                 q.ready_inbound.add(item.key)
-            elif item.state is State.CALLBACK_PENDING:
+            elif item.state is State.CALLBACK_PENDING and not booked:
                 self._enter_pending(q, item, now)
 
     # ------------------------------------------------------------------ internals
