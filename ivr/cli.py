@@ -1,4 +1,4 @@
-"""Command line: ``ivr run CONFIG`` and ``ivr check-config CONFIG``.
+"""Command line: ``ivr run CONFIG``, ``ivr check-config CONFIG``, ``ivr hash-password``.
 
 Both load the file and probe the store the same way ("check-config = run"): whatever
 ``run`` would refuse at start, ``check-config`` refuses too, with the key and line,
@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import getpass
 import json
 import logging
 import sqlite3
@@ -17,6 +18,7 @@ import sys
 from collections.abc import Sequence
 
 from ivr import config as config_mod
+from ivr import logs, passwords
 from ivr import store as store_mod
 
 log = logging.getLogger("ivr.cli")
@@ -33,6 +35,22 @@ def _store_error(cfg: config_mod.Config, reason: str) -> str:
     return str(config_mod.ConfigError(reason, "store.path", cfg.line_of("store.path")))
 
 
+def _hash_password() -> int:
+    """Asked twice on a terminal; one line read from a pipe."""
+    if sys.stdin.isatty():
+        first = getpass.getpass("password: ")
+        if getpass.getpass("again: ") != first:
+            print("ivr: the two passwords differ", file=sys.stderr)
+            return 1
+    else:
+        first = sys.stdin.readline().rstrip("\r\n")
+    if len(first) < 8:
+        print("ivr: use at least 8 characters", file=sys.stderr)
+        return 1
+    print(passwords.hash_password(first))
+    return 0
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="ivr", description="Direct-callback IVR for Asterisk")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -40,7 +58,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     check.add_argument("config")
     run = sub.add_parser("run", help="run the service")
     run.add_argument("config")
+    sub.add_parser("hash-password", help="read a console password (stdin) and print the "
+                   "password_hash to put in the config")
     args = parser.parse_args(argv)
+    if args.command == "hash-password":
+        return _hash_password()
 
     try:
         cfg = config_mod.load(args.config)
@@ -55,10 +77,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     from ivr.app import StoreUnusable, run_forever  # late: check-config needs no aiohttp
 
-    logging.basicConfig(
-        level=cfg.log_level,
-        format="%(asctime)s %(levelname)s %(name)s %(message)s",
-    )
+    logs.setup(cfg.log_level, cfg.log_format)
     try:
         with contextlib.suppress(KeyboardInterrupt):
             asyncio.run(run_forever(cfg))

@@ -3,7 +3,14 @@
 Every error names the key (dotted path) and the line, and nothing starts (SPEC R22).
 Unknown keys are errors too: a misspelt ``max_ewt`` silently ignored would mean a queue
 that never offers callbacks. Secrets may come from the environment so the file itself
-can be shared: ``IVR_ARI_URL``, ``IVR_ARI_USER``, ``IVR_ARI_PASSWORD``, ``IVR_API_TOKEN``.
+can be shared: ``IVR_ARI_URL``, ``IVR_ARI_USER``, ``IVR_ARI_PASSWORD``, ``IVR_API_TOKEN``,
+and ``IVR_PASSWORD_<LOGIN>`` (an agent's or supervisor's console password, plain: it is
+hashed here and never kept; LOGIN is the id upper-cased, other characters as ``_``).
+
+Console logins (``ivr.web.auth``): an agent with a ``password_hash`` (``ivr
+hash-password``) can log in to the agent console as its id; ``supervisors:`` lists the
+supervisor logins. The integration token (``http.api_token``) is limited to
+``http.api_scopes``.
 
 "check-config = run": whatever ``ivr run`` would refuse or crash on is refused here, by
 ``load()``, so ``ivr check-config`` and ``ivr run`` accept exactly the same files. The
@@ -39,6 +46,7 @@ from urllib.parse import urlsplit
 
 import yaml
 
+from ivr import passwords
 from ivr.configdoc import (
     ConfigError,
     Doc,
@@ -77,11 +85,24 @@ class AriConfig:
     app: str
 
 
+#: what the integration token may do (``http.api_scopes``): read queues, agents,
+#: callbacks and metrics; create and cancel callbacks; set agents ready / not ready
+API_SCOPES: tuple[str, ...] = ("read", "callbacks", "agents")
+
+
 @dataclass(frozen=True)
 class HttpConfig:
     bind: str
     port: int
     api_token: str
+    api_scopes: tuple[str, ...] = API_SCOPES
+
+
+@dataclass(frozen=True)
+class SupervisorConfig:
+    id: str
+    name: str
+    password_hash: str
 
 
 @dataclass(frozen=True)
@@ -130,6 +151,8 @@ class AgentConfig:
     name: str
     endpoint: str
     queues: tuple[str, ...]
+    password_hash: str = ""
+    """Console login (``ivr.passwords``); empty: this agent uses the softphone only."""
 
 
 @dataclass(frozen=True)
@@ -155,6 +178,9 @@ class Config:
     queues: Mapping[str, QueueConfig]
     agents: Mapping[str, AgentConfig]
     log_level: str
+    supervisors: Mapping[str, SupervisorConfig] = field(default_factory=dict)
+    log_format: str = "text"
+    """``text`` (one line per record) or ``json`` (one JSON object per record)."""
     lines: Mapping[str, int] = field(default_factory=dict)
     """Dotted key -> line in the file, for every key written there (error messages
     about values checked after loading, e.g. ``store.path``)."""
@@ -311,12 +337,16 @@ def _http(root: Doc, env: Mapping[str, str]) -> HttpConfig:
     port = integer(h, "port", 8080, 1, 65535)
     token = h.scalar("api_token", "")
     token = env.get("IVR_API_TOKEN") or token
+    scopes = h.strings("api_scopes", API_SCOPES)
+    for scope in scopes:
+        if scope not in API_SCOPES:
+            raise h.err("api_scopes", f"unknown scope {scope!r} (one of {', '.join(API_SCOPES)})")
     try:
         ipaddress.ip_address(bind)
     except ValueError:
         raise h.err("bind", f"must be an IP address, not {bind!r}") from None
     h.check_unknown()
-    return HttpConfig(bind=bind, port=port, api_token=token)
+    return HttpConfig(bind=bind, port=port, api_token=token, api_scopes=tuple(scopes))
 
 
 def _store(root: Doc, base_dir: Path) -> Path:
@@ -437,7 +467,8 @@ def _queues(root: Doc, region: str, prompts: PromptConfig) -> dict[str, QueueCon
     return queues
 
 
-def _agents(root: Doc, queues: Mapping[str, QueueConfig]) -> dict[str, AgentConfig]:
+def _agents(root: Doc, queues: Mapping[str, QueueConfig],
+            env: Mapping[str, str]) -> dict[str, AgentConfig]:
     ad = root.sub("agents")
     agents: dict[str, AgentConfig] = {}
     endpoints: dict[str, str] = {}
@@ -456,9 +487,47 @@ def _agents(root: Doc, queues: Mapping[str, QueueConfig]) -> dict[str, AgentConf
         for qn in served:
             if qn not in queues:
                 raise ag.err("queues", f"unknown queue {qn!r}")
-        agents[aid] = AgentConfig(aid, ag.scalar("name", aid), endpoint, served)
+        password = _password(ag, aid, env)
+        agents[aid] = AgentConfig(aid, ag.scalar("name", aid), endpoint, served, password)
         ag.check_unknown()
     return agents
+
+
+def password_env(login: str) -> str:
+    """The environment variable that may carry ``login``'s console password."""
+    return "IVR_PASSWORD_" + re.sub(r"[^A-Z0-9]", "_", login.upper())
+
+
+def _password(d: Doc, login: str, env: Mapping[str, str]) -> str:
+    hashed = d.scalar("password_hash", "")
+    plain = env.get(password_env(login), "")
+    if plain:
+        return passwords.hash_password(plain)
+    if hashed:
+        try:
+            passwords.parse(hashed)
+        except passwords.BadHash as exc:
+            raise d.err("password_hash", str(exc)) from None
+    return hashed
+
+
+def _supervisors(root: Doc, agents: Mapping[str, AgentConfig],
+                 env: Mapping[str, str]) -> dict[str, SupervisorConfig]:
+    sd = root.sub("supervisors", required=False)
+    if sd is None:
+        return {}
+    out: dict[str, SupervisorConfig] = {}
+    for sid, sv in sd.children():
+        if not _NAME.match(sid):
+            raise sd.err(sid, "supervisor ids are letters, digits, _ . - (max 64)")
+        if sid in agents:
+            raise sd.err(sid, "is also an agent id: one login, one role")
+        password = _password(sv, sid, env)
+        if not password:
+            raise sv.err("password_hash", f"is required (or set {password_env(sid)})")
+        out[sid] = SupervisorConfig(sid, sv.scalar("name", sid), password)
+        sv.check_unknown()
+    return out
 
 
 def _log_level(root: Doc) -> str:
@@ -502,12 +571,16 @@ def loads(text: str, base_dir: Path = Path("."), env: Mapping[str, str] | None =
     outbound = _outbound(root)
     queues = _queues(root, region, prompts)
     check_languages(prompts, {prompts.language, *(q.language for q in queues.values())}, lines)
-    agents = _agents(root, queues)
+    agents = _agents(root, queues, env)
+    supervisors = _supervisors(root, agents, env)
     log_level = _log_level(root)
+    log_format = root.scalar("log_format", "text")
+    if log_format not in ("text", "json"):
+        raise root.err("log_format", "must be text or json")
     root.check_unknown()
     return Config(ari=ari, http=http, store_path=store_path, prompts=prompts,
                   outbound=outbound, queues=queues, agents=agents, log_level=log_level,
-                  lines=lines)
+                  supervisors=supervisors, log_format=log_format, lines=lines)
 
 
 def as_dict(cfg: Config) -> dict[str, Any]:
@@ -518,4 +591,6 @@ def as_dict(cfg: Config) -> dict[str, Any]:
         "store": str(cfg.store_path),
         "queues": {n: q.did for n, q in cfg.queues.items()},
         "agents": {n: a.endpoint for n, a in cfg.agents.items()},
+        "console_logins": sorted(
+            [a.id for a in cfg.agents.values() if a.password_hash] + list(cfg.supervisors)),
     }

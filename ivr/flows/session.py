@@ -45,6 +45,8 @@ GONE = "gone"
 CANCEL = "cancel"
 #: to an agent leg: the caller it was bridged with hung up
 PEER_GONE = "peer_gone"
+#: to an agent leg: the agent accepted or declined on the console (see ``decision``)
+DECIDED = "decided"
 
 
 class Handover(Message):
@@ -96,7 +98,9 @@ class ItemLogger(logging.LoggerAdapter[logging.Logger]):
 
     def process(self, msg: Any, kwargs: Any) -> tuple[Any, Any]:
         extra = self.extra or {}
-        return f"[item={extra.get('item', '-')} chan={extra.get('chan', '-')}] {msg}", kwargs
+        item, chan = extra.get("item", "-"), extra.get("chan", "-")
+        kwargs.setdefault("extra", {}).update(item=item, chan=chan)  # fields in JSON logs
+        return f"[item={item} chan={chan}] {msg}", kwargs
 
 
 def say_digits(number: str) -> list[str]:
