@@ -83,6 +83,11 @@ MIGRATIONS: list[str] = [
     CREATE TRIGGER history_no_delete BEFORE DELETE ON history
         BEGIN SELECT RAISE(ABORT, 'history is append-only'); END;
     """,
+    # The day's outcome funnel reads history by time.
+    """
+    CREATE INDEX history_at ON history (at, event);
+    CREATE INDEX items_closed ON items (kind, updated_at);
+    """,
 ]
 
 # Spelled exactly as in the partial index items_open: SQLite uses a partial index only
@@ -133,6 +138,15 @@ class Store(Protocol):
         ...
 
     async def load(self, item_id: str) -> WorkItem | None: ...
+
+    async def funnel(self, since: float) -> dict[str, dict[str, int]]:
+        """Queue -> history event -> distinct items with that event at or after
+        ``since`` (the consoles' outcome funnel)."""
+        ...
+
+    async def recent_callbacks(self, limit: int) -> list[WorkItem]:
+        """Closed callbacks, most recently closed first, with their history."""
+        ...
 
     async def close(self) -> None: ...
 
@@ -224,6 +238,14 @@ class SqliteStore(Store):
     async def load(self, item_id: str) -> WorkItem | None:
         item: WorkItem | None = await self._call(lambda conn: _load_one(conn, item_id))
         return item
+
+    async def funnel(self, since: float) -> dict[str, dict[str, int]]:
+        result: dict[str, dict[str, int]] = await self._call(lambda c: _funnel(c, since))
+        return result
+
+    async def recent_callbacks(self, limit: int) -> list[WorkItem]:
+        items: list[WorkItem] = await self._call(lambda c: _recent_callbacks(c, limit))
+        return items
 
     async def close(self) -> None:
         if self._closed:
@@ -575,3 +597,39 @@ def _load_one(conn: sqlite3.Connection, item_id: str) -> WorkItem | None:
         )
     ]
     return _from_row(row, history)
+
+
+#: the history events the funnel counts
+FUNNEL_EVENTS = ("callback_offered", "converted_to_callback", "callback_requested",
+                 "callback_scheduled", "dial_started", "callback_connected", "failed",
+                 "expired", "cancelled")
+
+
+def _funnel(conn: sqlite3.Connection, since: float) -> dict[str, dict[str, int]]:
+    marks = ", ".join("?" * len(FUNNEL_EVENTS))
+    out: dict[str, dict[str, int]] = {}
+    for queue_name, event, n in conn.execute(
+        "SELECT i.queue, h.event, COUNT(DISTINCT h.item_id) FROM history h "
+        f"JOIN items i ON i.id = h.item_id WHERE h.at >= ? AND h.event IN ({marks}) "
+        "GROUP BY i.queue, h.event",
+        (since, *FUNNEL_EVENTS),
+    ):
+        out.setdefault(queue_name, {})[event] = n
+    return out
+
+
+def _recent_callbacks(conn: sqlite3.Connection, limit: int) -> list[WorkItem]:
+    rows = conn.execute(
+        f"SELECT {_ITEM_COLUMNS} FROM items WHERE kind = 'callback' AND state NOT IN "
+        f"({_OPEN_SQL}) ORDER BY updated_at DESC LIMIT ?", (limit,)
+    ).fetchall()
+    out = []
+    for row in rows:
+        history = [
+            HistoryEntry(at, event, json.loads(detail))
+            for at, event, detail in conn.execute(
+                "SELECT at, event, detail FROM history WHERE item_id = ? ORDER BY idx",
+                (row[0],))
+        ]
+        out.append(_from_row(row, history))
+    return out

@@ -48,6 +48,8 @@ class CallbackCommitted(Event):
     """R6/R20: the callback is durable; the confirmation plays."""
 
     counter: ClassVar[str] = "callbacks_committed"
+    #: seconds from the caller's 1 to the confirmation's play request (app clock)
+    latency: float = 0.0
 
 
 @dataclass(frozen=True)
@@ -101,6 +103,8 @@ class OfferWithdrawn(AgentEvent):
 @dataclass(frozen=True)
 class CustomerDialled(AgentEvent):
     counter: ClassVar[str] = "dials"
+    #: seconds from the agent's accept to the originate request (app clock)
+    latency: float = 0.0
 
 
 @dataclass(frozen=True)
@@ -142,6 +146,21 @@ class StoreFailed(Event):
 @dataclass(frozen=True)
 class WorkChanged(Event):
     """Work or agents may have changed: time for a dispatch pass (no counter)."""
+
+
+@dataclass(frozen=True)
+class AgentChanged(Event):
+    """An agent's status changed (no counter: the consoles follow it)."""
+
+    agent: str = ""
+    status: str = ""
+
+
+@dataclass(frozen=True)
+class StoreCommitted(Event):
+    """A commit reached the disk (no counter: the commit-latency histogram)."""
+
+    seconds: float = 0.0
 
 
 @dataclass(frozen=True)

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import time
 from collections.abc import Callable
 
 from ivr import ari
@@ -23,9 +24,10 @@ from ivr.domain.queues import QueueError
 from ivr.flows.caller import CallerSession
 from ivr.flows.context import FlowContext
 from ivr.flows.customer import CAUSE_BUSY, GRACE, CustomerCall, Dial
-from ivr.flows.outcome import RING_OUTCOME, Outcome, Ring
+from ivr.flows.outcome import RING_OUTCOME, Outcome, Phase, Ring
 from ivr.flows.session import (
     CANCEL,
+    DECIDED,
     PEER_GONE,
     ChannelSession,
     Handover,
@@ -46,6 +48,17 @@ HANDOVER_TIMEOUT = 5.0
 
 def _is_cancel(ev: object) -> bool:
     return isinstance(ev, Message) and ev.kind == CANCEL
+
+
+def _is_cancel_or_decided(ev: object) -> bool:
+    return isinstance(ev, Message) and ev.kind in (CANCEL, DECIDED)
+
+
+ACCEPT, DECLINE = "accept", "decline"
+
+
+class NotNow(Exception):
+    """A console accept/decline that cannot apply now (the reason says why)."""
 
 
 class AgentLeg(ChannelSession):
@@ -75,6 +88,34 @@ class AgentLeg(ChannelSession):
         self.detached = False
         #: how it ended (read by the dispatcher when the task is done)
         self.outcome = Outcome.WITHDRAWN
+        #: where the offer is (the console's card)
+        self.phase = Phase.RINGING
+        #: ACCEPT / DECLINE: the first of the softphone key and the console button
+        self.decision: str | None = None
+        self.accepted_at = 0.0  # time.monotonic() of the accept (accept-to-dial latency)
+
+    def decide(self, accept: bool) -> None:
+        """The console's Accept / Decline: exactly the softphone's 1 / 2. Whichever
+        comes first wins; the customer is never dialled before an accept, nor before the
+        agent's phone is answered (an accept while it rings is kept: on answer the
+        customer is dialled without the preview). An inbound call is taken by answering
+        the phone; it can only be declined while it rings. Raises ``NotNow``."""
+        if self.decision is not None:
+            raise NotNow("already accepted" if self.decision == ACCEPT else "already declined")
+        if self.item.kind == Kind.INBOUND:
+            if accept:
+                raise NotNow("an inbound call is taken by answering the phone")
+            if self.phase != Phase.RINGING:
+                raise NotNow("the call is already answered")
+        elif self.phase not in (Phase.RINGING, Phase.PREVIEW):
+            raise NotNow(f"the offer is {self.phase}")
+        self._decided(ACCEPT if accept else DECLINE)
+        self.deliver(Message(DECIDED))
+
+    def _decided(self, decision: str) -> None:
+        self.decision = decision
+        if decision == ACCEPT:
+            self.accepted_at = time.monotonic()
 
     # ------------------------------------------------------------------ top level
 
@@ -129,8 +170,10 @@ class AgentLeg(ChannelSession):
         """Originate to the agent's endpoint and wait for the answer; when not answered
         (and not cancelled) the offer is already back in the queue."""
         answer = await self._ring(caller_id, work_type)
-        if answer in (Ring.SILENT, Ring.REJECTED):
+        if answer in (Ring.SILENT, Ring.REJECTED, Ring.DECLINED):
             await self.return_offer(timed_out=answer == Ring.SILENT)
+        if answer == Ring.DECLINED:
+            self.log.info("agent %s declined on the console while ringing", self.agent.id)
         return answer
 
     async def _ring(self, caller_id: str, work_type: str) -> Ring:
@@ -160,6 +203,8 @@ class AgentLeg(ChannelSession):
                 self.last_cause = ev.cause
             if _is_cancel(ev):
                 return Ring.CANCELLED
+            if isinstance(ev, Message) and ev.kind == DECIDED and self.decision == DECLINE:
+                return Ring.DECLINED  # (an accept is kept for the answer)
 
     def _unanswered_cause(self) -> Ring:
         cause = self.end_cause or self.last_cause
@@ -191,6 +236,7 @@ class AgentLeg(ChannelSession):
             self.log.info("caller left while being connected: %s", exc)
             return Outcome.WITHDRAWN
         await self.ctx.commit()
+        self.phase = Phase.CONNECTED
         self.ctx.publish(events.InboundConnected(self.q.name, self.item.id, agent=self.agent.id))
         self.board.set_status(self.agent, AgentStatus.BUSY, self.item.id)
         await self.talk()
@@ -210,6 +256,7 @@ class AgentLeg(ChannelSession):
                                        "callback")
         if answer != Ring.ANSWERED:
             return RING_OUTCOME[answer]
+        self.phase = Phase.PREVIEW
         self.board.set_status(self.agent, AgentStatus.PREVIEWING, self.item.id)
         choice = await self.preview(number.national)
         if choice == CANCEL:
@@ -230,12 +277,14 @@ class AgentLeg(ChannelSession):
                 self.item.id, "store_failure", counted=False))
             await self.ctx.commit()
             return await self.tell_agent_failed()
+        self.phase = Phase.DIALLING
         self.ctx.publish(events.OfferAccepted(self.q.name, self.item.id, agent=self.agent.id))
         self.board.set_status(self.agent, AgentStatus.BUSY, self.item.id)
         self.customer = CustomerCall(self, self.ctx, self.q, self.item.id, self.agent.id,
                                      self.switchboard)
         self.peer_id = self.customer.channel_id  # teardown hangs it up, whatever happens
-        result = await self.customer.dial(self.ctx.cfg.outbound.dial_string(number))
+        result = await self.customer.dial(self.ctx.cfg.outbound.dial_string(number),
+                                          accepted_at=self.accepted_at)
         if result == Dial.CANCELLED:
             return await self.withdrawn()
         if result != Dial.ANSWERED:
@@ -251,6 +300,7 @@ class AgentLeg(ChannelSession):
         if not self._engine_step(lambda: self.ctx.engine.callback_connected(self.item.id)):
             return Outcome.WITHDRAWN
         await self.ctx.commit()
+        self.phase = Phase.CONNECTED
         self.ctx.publish(events.CallbackConnected(self.q.name, self.item.id,
                                                   agent=self.agent.id))
         await self.talk()
@@ -293,8 +343,14 @@ class AgentLeg(ChannelSession):
         return Outcome.WITHDRAWN
 
     async def preview(self, national: str) -> str:
-        """R7: callback, the number, minutes waited; 1 accepts, 2 declines. Returns the
-        digit, "" when the agent stayed silent, or ``CANCEL`` (item withdrawn)."""
+        """R7: callback, the number, minutes waited; 1 accepts, 2 declines (on the
+        softphone or the console, whichever first). Returns "1", "2", "" when the agent
+        stayed silent, or ``CANCEL`` (item withdrawn). An accept or decline given on the
+        console while the phone rang applies at once: no preview."""
+        if self.decision is not None:
+            if self.decision == ACCEPT:
+                self.accepted_at = time.monotonic()  # it takes effect now, on answer
+            return "1" if self.decision == ACCEPT else "2"
         minutes = max(0, round((self.ctx.now() - self.item.arrived_at) / 60))
         media = [
             self.ctx.prompt(self.q, "preview_intro"),
@@ -305,19 +361,24 @@ class AgentLeg(ChannelSession):
             self.ctx.prompt(self.q, "preview_accept"),
         ]
         deadline = self.ctx.now() + self.q.preview_timeout
-        got = await self.play_until(media, {"1", "2"}, on_message=_is_cancel)
-        if isinstance(got, Message):
+        got = await self.play_until(media, {"1", "2"}, on_message=_is_cancel_or_decided)
+        if not got:
+            ev = await self.wait_for(
+                lambda e: (isinstance(e, ari.ChannelDtmfReceived) and e.digit in ("1", "2"))
+                or _is_cancel_or_decided(e),
+                deadline,
+            )
+            if isinstance(ev, ari.ChannelDtmfReceived):
+                got = ev.digit
+            elif isinstance(ev, Message):
+                got = ev
+        if isinstance(got, Message) and got.kind == CANCEL:
             return CANCEL
-        if got:
-            return got
-        ev = await self.wait_for(
-            lambda e: (isinstance(e, ari.ChannelDtmfReceived) and e.digit in ("1", "2"))
-            or _is_cancel(e),
-            deadline,
-        )
-        if isinstance(ev, Message):
-            return CANCEL
-        return ev.digit if isinstance(ev, ari.ChannelDtmfReceived) else ""
+        if self.decision is None and got in ("1", "2"):
+            self._decided(ACCEPT if got == "1" else DECLINE)  # the key came first
+        if self.decision is not None:  # the first of key and button, whatever came next
+            return "1" if self.decision == ACCEPT else "2"
+        return ""
 
     # ------------------------------------------------------------------ conversation
 

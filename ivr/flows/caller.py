@@ -10,6 +10,7 @@ original arrival time, so its place in the queue does not move.
 from __future__ import annotations
 
 import logging
+import time
 
 from ivr import ari
 from ivr.config import QueueConfig
@@ -197,6 +198,7 @@ class CallerSession(ChannelSession):
         caller (a ``Handover``) stops the offer at once."""
         assert self.item is not None
         self.offered = True
+        self.ctx.engine.note_offer_played(self.item.id)  # the day's funnel (saved later)
         self.ctx.publish(events.OfferPlayed(self.q.name, self.item.id))
         await self.music(on=False)
         media = [self.ctx.prompt(self.q, "offer")]
@@ -228,6 +230,7 @@ class CallerSession(ChannelSession):
         """R6: commit the callback at the same place, then confirm and hang up.
         Returns False when the caller has to keep waiting instead."""
         assert self.item is not None
+        pressed = time.monotonic()
         self.ctx.publish(events.CallbackRequested(self.q.name, self.item.id))
         if self.ctx.engine.get(self.item.id).state != State.WAITING:
             # An agent is being rung for this caller right now: the agent leg wins.
@@ -263,7 +266,8 @@ class CallerSession(ChannelSession):
             await self.announce("request_failed")
             return False
         self.item = item
-        self.ctx.publish(events.CallbackCommitted(self.q.name, item.id))
+        self.ctx.publish(events.CallbackCommitted(self.q.name, item.id,
+                                                  latency=time.monotonic() - pressed))
         self.log.info("callback committed at position %d", self.ctx.engine.position(item.id))
         self.ctx.publish(events.WorkChanged(self.q.name, item.id))
         await self.final_words("confirmation")

@@ -10,10 +10,18 @@ consoles subscribe.
 from __future__ import annotations
 
 import logging
+import time
 
 from ivr.ari import AriClient
 from ivr.config import Config, QueueConfig
-from ivr.domain.events import Counters, Event, ItemClosed, Notifier, StoreFailed
+from ivr.domain.events import (
+    Counters,
+    Event,
+    ItemClosed,
+    Notifier,
+    StoreCommitted,
+    StoreFailed,
+)
 from ivr.domain.items import Clock, SystemClock
 from ivr.domain.numbers import NumberGuard
 from ivr.domain.queues import QueueEngine
@@ -71,6 +79,7 @@ class FlowContext:
         # now, whatever the store says (the engine already considers them closed).
         for item in self.engine.drain_side_closes():
             self.publish(ItemClosed(item.queue, item.id))
+        started = time.monotonic()
         try:
             await self.store.save(changed)
         except StoreError as exc:
@@ -78,6 +87,8 @@ class FlowContext:
             self.publish(StoreFailed(items=len(changed)))
             log.error("store refused a commit of %d item(s): %s", len(changed), exc)
             return False
+        if changed:
+            self.publish(StoreCommitted(seconds=time.monotonic() - started))
         return True
 
     def now(self) -> float:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import time
 from enum import StrEnum
 
 from ivr import ari
@@ -88,7 +89,7 @@ class CustomerCall:
     def close(self) -> None:
         self.switchboard.unregister(self._route)
 
-    async def dial(self, dial_string: str) -> Dial:
+    async def dial(self, dial_string: str, accepted_at: float = 0.0) -> Dial:
         """R8: originate to the customer through the trunk; the agent hears ringback.
 
         Trunk failure: the call ended without the customer's side ever ringing (no 180/
@@ -97,6 +98,7 @@ class CustomerCall:
         leg, q, ctx = self.leg, self.q, self.ctx
         customer_id = self.channel_id
         await leg.quietly(leg.ari.start_ringing(leg.channel_id))
+        latency = time.monotonic() - accepted_at if accepted_at else 0.0
         try:
             await leg.ari.originate(
                 dial_string,
@@ -109,7 +111,8 @@ class CustomerCall:
         except ari.AriError as exc:
             leg.log.error("callback originate failed: %s", exc)
             return Dial.TRUNK_FAILURE
-        ctx.publish(events.CustomerDialled(q.name, self.item_id, agent=self.agent_id))
+        ctx.publish(events.CustomerDialled(q.name, self.item_id, agent=self.agent_id,
+                                           latency=latency))
         deadline = ctx.now() + ctx.cfg.outbound.dial_timeout + GRACE
         dialstatus = ""
         rang = False

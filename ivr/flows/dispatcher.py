@@ -13,16 +13,27 @@ import asyncio
 import contextlib
 import logging
 from collections.abc import Callable
+from dataclasses import dataclass
 
 from ivr import ari
 from ivr.domain import events
 from ivr.domain.agents import Agent, AgentBoard, AgentStatus
-from ivr.flows.agent_leg import AgentLeg
+from ivr.flows.agent_leg import AgentLeg, NotNow
 from ivr.flows.context import FlowContext
+from ivr.flows.outcome import Outcome
 from ivr.flows.session import CANCEL, Message
 from ivr.flows.switchboard import Switchboard
 
 log = logging.getLogger("ivr.flows.agents")
+
+
+@dataclass(frozen=True)
+class LastOffer:
+    """How an agent's latest offer ended (the console card after the call)."""
+
+    item_id: str
+    outcome: Outcome
+    at: float
 
 
 class Dispatcher:
@@ -31,6 +42,7 @@ class Dispatcher:
         self.switchboard = switchboard
         self.board = board
         self.legs: dict[str, AgentLeg] = {}  # work item id -> its delivery
+        self.last: dict[str, LastOffer] = {}  # agent id -> its latest ended offer
         self._wake = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
         #: False once a graceful stop began: no new offers
@@ -45,9 +57,31 @@ class Dispatcher:
         if agent.status != old:
             log.info("[item=%s] agent %s: %s -> %s", (agent.item_id or "-")[:12], agent.id,
                      old, agent.status)
+            self.ctx.publish(events.AgentChanged(agent=agent.id, status=agent.status))
         self.kick()
 
+    def leg_of(self, agent_id: str) -> AgentLeg | None:
+        """The offer an agent holds now (ringing, preview, dialling, talking)."""
+        for leg in self.legs.values():
+            if leg.agent.id == agent_id:
+                return leg
+        return None
+
+    def decide(self, agent_id: str, item_id: str, accept: bool) -> AgentLeg:
+        """The console's Accept / Decline for the offer ``item_id`` held by ``agent_id``
+        (``AgentLeg.decide``). Raises ``NotNow`` with the reason, ``KeyError`` when that
+        agent holds no such offer (another agent's offers are not theirs to take)."""
+        leg = self.legs.get(item_id)
+        if leg is None or leg.agent.id != agent_id:
+            raise KeyError(item_id)
+        if not self.accepting:
+            raise NotNow("the service is stopping")
+        leg.decide(accept)
+        return leg
+
     def _on_flow_event(self, event: events.Event) -> None:
+        if isinstance(event, events.AgentChanged | events.StoreCommitted):
+            return
         if isinstance(event, events.ItemClosed):
             # A live caller left (hang-up, duplicate) or R12 closed a callback: a leg
             # ringing or previewing it must stop.
@@ -177,6 +211,7 @@ class Dispatcher:
         wrap-up after a conversation; otherwise available again)."""
         if self.legs.get(leg.item.id) is leg:
             del self.legs[leg.item.id]
+        self.last[leg.agent.id] = LastOffer(leg.item.id, leg.outcome, self.ctx.now())
         self.board.release(leg.agent, unresponsive=leg.outcome.unresponsive,
                            talked=leg.outcome == leg.outcome.TALKED, wrap_up=leg.q.wrap_up)
         self.kick()

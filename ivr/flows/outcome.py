@@ -26,7 +26,18 @@ class Ring(StrEnum):
     SILENT = "silent"
     REJECTED = "rejected"
     CANCELLED = "cancelled"
+    DECLINED = "declined"  # the agent declined on the console while it rang
 
 
 RING_OUTCOME = {Ring.SILENT: Outcome.UNANSWERED, Ring.REJECTED: Outcome.REJECTED,
-                 Ring.CANCELLED: Outcome.WITHDRAWN}
+                 Ring.CANCELLED: Outcome.WITHDRAWN, Ring.DECLINED: Outcome.DECLINED}
+
+
+class Phase(StrEnum):
+    """Where an offer is, for the agent's console card."""
+
+    RINGING = "ringing"  # the softphone rings
+    PREVIEW = "preview"  # answered a callback offer: hearing the preview
+    DIALLING = "dialling"  # accepted: the customer is being called
+    CONNECTED = "connected"  # in conversation
+    ENDED = "ended"
