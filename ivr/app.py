@@ -144,7 +144,7 @@ class Service:
         self.dispatcher.start()
         if http:
             self.web_token = api_token(self.cfg)
-            app = make_web_app(self.ctx, self.board, token=self.web_token,
+            app = make_web_app(self.ctx, self.board, self.dispatcher, token=self.web_token,
                                health=self.health)
             self._runner = web.AppRunner(app)
             await self._runner.setup()

@@ -804,16 +804,19 @@ async def service_on(
     *,
     token: str | None = "t0ken-for-tests",
     restart_backoff: float = 0.3,
+    http_extra: Mapping[str, Any] | None = None,
     **cfg_kw: Any,
 ) -> AsyncIterator[tuple[Service, str]]:
     """``ivr.app.Service`` on the fake (a ``fake.client()`` with a 0.4 s request timeout)
     and its HTTP API on a free port; yields the service and the API base URL.
     ``token=None``: no token configured (the service keeps one in ``api-token``).
-    ``cfg_kw`` go to ``fake_config`` (``queues=``, ``agents=``, top-level keys)."""
+    ``http_extra``: more ``http:`` keys. ``cfg_kw`` go to ``fake_config`` (``queues=``,
+    ``agents=``, top-level keys)."""
     port = free_port(udp=False)
     http: dict[str, Any] = {"bind": "127.0.0.1", "port": port}
     if token is not None:
         http["api_token"] = token
+    http.update(http_extra or {})
     cfg = fake_config(fake, tmp_path, http=http, **cfg_kw)
     svc = Service(cfg, ari=fake.client(request_timeout=0.4))
     svc.restart_backoff_initial = restart_backoff

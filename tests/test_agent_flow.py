@@ -229,7 +229,8 @@ async def test_decline_goes_to_next_agent_and_silent_agent_goes_not_ready(
     # Every step is in the item's stored history, with who did what.
     steps = [(h.event, h.detail.get("agent", "")) for h in stored.history
              if h.event not in ("arrived", "converted_to_callback")]
-    assert steps == [("offered", "agent1"), ("declined", "agent1"),
+    assert steps == [("callback_offered", ""),  # the caller heard the offer
+                     ("offered", "agent1"), ("declined", "agent1"),
                      ("offered", "agent2"), ("offer_timed_out", "agent2"),
                      ("offered", "agent3"), ("dial_started", "agent3"),
                      ("callback_connected", "agent3")], steps

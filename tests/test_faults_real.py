@@ -47,6 +47,7 @@ from tests.peers import (
     SipPhone,
     TrunkFault,
 )
+from tests.support import api
 from tests.support.asterisk import finish_asterisk, start_asterisk
 from tests.support.config import CB_QUEUE, agents_cfg, write_config
 from tests.support.observer import AriObserver, Event
@@ -124,11 +125,8 @@ class ServiceProcess:
 
     async def metric(self, event: str) -> int | None:
         text = await self.request("GET", "/metrics")
-        prefix = f'ivr_events_total{{event="{event}"}} '
-        for line in str(text).splitlines():
-            if line.startswith(prefix):
-                return int(float(line[len(prefix):]))
-        return None
+        value = api.metric(str(text), "ivr_events_total", event=event)
+        return None if value is None else int(value)
 
     def signal(self, sig: int) -> float:
         assert self.proc is not None
@@ -517,7 +515,7 @@ async def test_sigterm_stops_gracefully_and_the_next_instance_takes_over(
 
     svc2 = r.service()
     await svc2.healthy()
-    queue = (await svc2.request("GET", "/api/queues"))["q7803"]["items"]
+    queue = api.queue(await svc2.request("GET", "/api/queues"), "q7803")["items"]
     assert [i["id"] for i in queue] == [x.id for x in before]
     # Served in order, one at a time, by the only agent: the three, then the callback.
     calls = await phone.wait_for_calls(5, 60)
@@ -687,8 +685,7 @@ async def reconnected(svc: ServiceProcess) -> bool:
         text = await svc.request("GET", "/metrics")
     except (aiohttp.ClientError, AssertionError):
         return False
-    return any(line.startswith("ivr_ari_reconnects_total ") and float(line.split()[1]) >= 1
-               for line in str(text).splitlines())
+    return (api.metric(str(text), "ivr_ari_reconnects_total") or 0) >= 1
 
 
 # ====================================================================== conversations survive

@@ -16,6 +16,7 @@ from ivr.app import running
 from ivr.domain.agents import AgentStatus
 from rig.sandbox import AsteriskInstance, free_port
 from tests.fakeari import FakeAri, service_on
+from tests.support import api
 from tests.support.config import write_config
 
 
@@ -38,7 +39,7 @@ async def test_api_auth_agent_state_and_bad_requests(
                 assert r.status == 401, path
         async with http.get(f"{base}/api/queues", headers=auth) as r:
             body = await r.json()
-            assert body["q7401"]["waiting"] == 0
+            assert api.queue(body, "q7401")["waiting"] == 0
         url = f"{base}/api/agents/agent5/state"
         async with http.post(url, headers=auth, json={"ready": False}) as r:
             assert r.status == 200 and (await r.json())["status"] == "not_ready"
@@ -60,7 +61,7 @@ async def test_api_auth_agent_state_and_bad_requests(
             assert (await r.json())["status"] == "available"
         async with http.get(f"{base}/metrics", headers=auth) as r:
             text = await r.text()
-            assert 'ivr_queue_waiting{queue="q7401"} 0' in text
+            assert api.metric(text, "ivr_queue_waiting", queue="q7401") == 0
 
 
 # ------------------------------------------------------------------ malformed requests
