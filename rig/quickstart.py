@@ -25,6 +25,8 @@ from typing import Any
 
 import yaml
 
+from ivr.passwords import hash_password
+
 REPO = Path(__file__).resolve().parent.parent
 TOKEN_FILE = "api_token"
 CONFIG_FILE = "config.yaml"
@@ -33,6 +35,10 @@ DEMO_QUEUE = "support"
 DEMO_DID = "5550100"
 #: the one agent of the quick start (``POST /api/agents/agent/state``)
 DEMO_AGENT = "agent"
+#: the quick start's supervisor login (the wallboard)
+DEMO_SUPERVISOR = "supervisor"
+#: console passwords, generated once, kept beside the config (0600)
+PASSWORDS_FILE = "console_passwords.json"
 
 
 def _instance(state_dir: Path) -> dict[str, Any]:
@@ -58,6 +64,19 @@ def api_token(state_dir: Path) -> str:
     return token_file.read_text().strip()
 
 
+def console_passwords(state_dir: Path) -> dict[str, str]:
+    """The consoles' passwords of the quick start (agent, supervisor), generated once
+    (file mode 0600); the config holds only their scrypt hashes."""
+    path = state_dir / PASSWORDS_FILE
+    if not path.exists():
+        made = {DEMO_AGENT: secrets.token_urlsafe(12), DEMO_SUPERVISOR: secrets.token_urlsafe(12)}
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(fd, "w") as f:
+            json.dump(made, f)
+    data: dict[str, str] = json.loads(path.read_text())
+    return data
+
+
 def write_config(
     state_dir: Path,
     api_port: int,
@@ -69,6 +88,7 @@ def write_config(
     return its path. The offer timings are parameters so tests need not wait 30 s."""
     inst = _instance(state_dir)
     token = api_token(state_dir)
+    logins = console_passwords(state_dir)
     # max_waiting 1: with one agent busy or not ready, a second caller is in overflow.
     queue = {"caller_id": "2015550100", "max_waiting": 1, "max_ewt": "2m",
              "first_offer_after": first_offer_after,
@@ -89,7 +109,11 @@ def write_config(
                    "sales": {"did": "5550200", **queue}},
         "agents": {DEMO_AGENT: {"name": "Quick-start agent",
                                 "endpoint": f"PJSIP/{inst['reg_user']}",
-                                "queues": [DEMO_QUEUE, "sales"]}},
+                                "queues": [DEMO_QUEUE, "sales"],
+                                "password_hash": hash_password(logins[DEMO_AGENT])}},
+        "supervisors": {DEMO_SUPERVISOR: {
+            "name": "Quick-start supervisor",
+            "password_hash": hash_password(logins[DEMO_SUPERVISOR])}},
     }
     path = state_dir / CONFIG_FILE
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
@@ -117,18 +141,24 @@ def instructions(state_dir: Path, api_port: int) -> str:
         host = "<this host's address>"
     token_file = state_dir / TOKEN_FILE
     api = f"http://127.0.0.1:{api_port}"
+    logins = console_passwords(state_dir)
     return f"""
 Softphones (SIP/UDP to {host}:{inst['sip_port']}, codec ulaw, DTMF RFC 4733):
   agent : user {inst['reg_user']}  password {inst['reg_password']}
   caller: user caller    password {inst['caller_password']}   -> dial {DEMO_DID} ({DEMO_QUEUE})
           (Asterisk presents it as 2015550123, a valid US number: it gets the offer)
-Config: {state_dir / CONFIG_FILE}   API: {api}/api/queues (Bearer token in {token_file})
+Consoles: {api}/  (log in as {DEMO_AGENT} / {logins[DEMO_AGENT]} for the agent console,
+          {DEMO_SUPERVISOR} / {logins[DEMO_SUPERVISOR]} for the wallboard; kept in
+          {state_dir / PASSWORDS_FILE})
+Config: {state_dir / CONFIG_FILE}   API: {api}/api/openapi.json (Bearer token in {token_file})
 
-Try it (README, "Quick start"): make the agent not ready so the queue overflows,
+Try it (README, "Quick start"): make the agent not ready so the queue overflows (the
+agent console's "Not ready" button, or:
   {curl_agent_state(state_dir, api_port, ready=False)}
-call {DEMO_DID} from the caller, wait 30 s for the offer, press 1, hear the confirmation;
-then make the agent ready ("ready": true): the agent's phone rings CALLBACK, answer,
-press 1 after the preview, and the caller's phone rings with the callback.
+), call {DEMO_DID} from the caller, wait 30 s for the offer, press 1, hear the
+confirmation; then make the agent available: the agent's phone rings CALLBACK and the
+console shows the callback; answer, then Accept (on the console or 1 on the phone), and
+the caller's phone rings with the callback.
 """
 
 

@@ -37,6 +37,7 @@ from ivr.config import load
 from rig import quickstart
 from rig.sandbox import DEMO_CALLER_NUMBER, AsteriskInstance, die_with_parent_preexec, free_port
 from tests.peers import CallBehaviour, DemoCallerPhone, SipPhone
+from tests.support import api
 from tests.support.asterisk import finish_asterisk, start_asterisk
 from tests.support.observer import AriObserver, Event
 from tests.support.observing import bridged, is_playback, ts
@@ -245,9 +246,9 @@ async def test_readme_quick_start_walkthrough(qs: QuickStart) -> None:
 async def _walk(qs: QuickStart, agent_phone: SipPhone, caller: DemoCallerPhone) -> None:
     obs = qs.observer
     agents = await _wait_api(qs, "/api/agents",
-                             lambda a: a["agent"]["reachable"] and a["agent"]["status"]
-                             == "available")
-    assert agents["agent"]["status"] == "available"
+                             lambda a: api.agent(a, "agent")["reachable"]
+                             and api.agent(a, "agent")["status"] == "available")
+    assert api.agent(agents, "agent")["status"] == "available"
 
     # Step 2: the agent not ready (the curl command printed by scripts/up).
     assert await qs.set_ready(False) == {"agent": "agent", "status": "not_ready"}
@@ -270,7 +271,7 @@ async def _walk(qs: QuickStart, agent_phone: SipPhone, caller: DemoCallerPhone) 
     await until(lambda: moh in qs.verbose_log(), 10)
     offer = await obs.wait_for(lambda e: is_playback(e, "PlaybackStarted", chan, "en/offer"), 20)
     # In overflow with one caller: no agent ready, so the wait is unbounded (> max_ewt).
-    support = (await qs.get("/api/queues"))["support"]
+    support = api.queue(await qs.get("/api/queues"), "support")
     assert (support["waiting"], support["overflow"], support["ewt"]) == (1, True, None)
     assert support["items"][0]["kind"] == "inbound"
     offer_end = await obs.wait_for(
@@ -290,11 +291,13 @@ async def _walk(qs: QuickStart, agent_phone: SipPhone, caller: DemoCallerPhone) 
     # The callback is stored with the presented number and listed in place.
     assert qs.stored() == [("support", "callback", "callback_pending", "+12015550123", 0)]
     queues = await qs.get("/api/queues")
-    [item] = queues["support"]["items"]
+    [item] = api.queue(queues, "support")["items"]
     assert (item["kind"], item["state"], item["position"]) == (
         "callback", "callback_pending", 1)
     # Nothing rang or was dialled yet.
     assert agent_phone.calls() == [] and caller.calls() == []
+    # The consoles printed by scripts/up: the supervisor's login sees the callback.
+    await _console_sees_callback(qs, item["id"])
 
     # Step 4: the agent ready; the phone rings marked as a callback.
     assert (await qs.set_ready(True))["agent"] == "agent"
@@ -341,6 +344,22 @@ async def _walk(qs: QuickStart, agent_phone: SipPhone, caller: DemoCallerPhone) 
     assert agent_call.bye_received_at is not None
     await until(lambda: qs.stored()[0][2] == "done", 20)
     assert qs.stored() == [("support", "callback", "done", "+12015550123", 1)]
+
+
+async def _console_sees_callback(qs: QuickStart, item_id: str) -> None:
+    logins = quickstart.console_passwords(qs.state)
+    assert qs.state.joinpath(quickstart.PASSWORDS_FILE).stat().st_mode & 0o777 == 0o600
+    async with aiohttp.ClientSession(cookie_jar=aiohttp.CookieJar(unsafe=True)) as http:
+        async with http.post(f"{qs.api}/api/login", json={
+                "login": quickstart.DEMO_SUPERVISOR,
+                "password": logins[quickstart.DEMO_SUPERVISOR]}) as r:
+            assert r.status == 200
+        async with http.get(f"{qs.api}/api/wallboard") as r:
+            board = await r.json()
+        assert [i["id"] for i in api.queue(board, "support")["items"]] == [item_id]
+        async with http.post(f"{qs.api}/api/login", json={
+                "login": quickstart.DEMO_AGENT, "password": logins[quickstart.DEMO_AGENT]}) as r:
+            assert r.status == 200 and (await r.json())["agent"] == quickstart.DEMO_AGENT
 
 
 async def _wait_api(qs: QuickStart, path: str, cond: Callable[[Any], bool],
