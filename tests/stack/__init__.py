@@ -1,0 +1,1 @@
+"""The compose stack (docker-compose.yml) as operators run it, tested with real calls."""
