@@ -194,6 +194,12 @@ def _free_rtp_range(count: int = RTP_PORTS_PER_RUN) -> tuple[int, int]:
     raise SandboxError("no free RTP range found")
 
 
+def release_rtp_range(start: int, end: int) -> None:
+    """Give an RTP range back once its instance is removed (a long run of many
+    instances, e.g. the load benchmark, would otherwise run out of ranges)."""
+    _handed_out.difference_update(range(start, end + 1))
+
+
 # ------------------------------------------------------------------ instance
 
 
@@ -523,8 +529,12 @@ def start(
     carrier_host: str = "127.0.0.2",
     timeout: float = START_TIMEOUT,
     detached: bool = False,
+    rtp_ports: int = RTP_PORTS_PER_RUN,
 ) -> AsteriskInstance:
-    """Render a per-run config inside ``rootfs`` and start Asterisk on it."""
+    """Render a per-run config inside ``rootfs`` and start Asterisk on it.
+
+    ``rtp_ports``: the size of this instance's RTP range (two ports per call); the
+    default suits tests, a load run needs about twice its concurrent calls."""
     if os.geteuid() != 0:
         raise SandboxError("running Asterisk in a chroot needs root")
     if not (rootfs / "usr/sbin/asterisk").exists():
@@ -536,7 +546,7 @@ def start(
     run_dir = rootfs / RUNS_DIR / run_id
     run_dir.mkdir(parents=True)
     http = http_port if http_port is not None else free_port(udp=False)
-    rtp_start, rtp_end = _free_rtp_range()
+    rtp_start, rtp_end = _free_rtp_range(rtp_ports)
     inst = AsteriskInstance(
         rootfs=rootfs,
         run_id=run_id,

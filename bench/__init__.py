@@ -1,0 +1,1 @@
+"""Benchmarks (scripts, not tests): bench/load, bench_queue.py, bench_order_index.py."""
