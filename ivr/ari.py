@@ -736,6 +736,24 @@ class AriClient:
         data = await self.request("POST", "/channels", params=params, json=body)
         return Channel.from_json(data)
 
+    async def continue_in_dialplan(self, channel_id: str, context: str,
+                                   extension: str = "s", priority: int = 1) -> None:
+        """Let a channel leave our app for the dialplan (``StasisEnd`` follows)."""
+        await self.request(
+            "POST",
+            f"/channels/{_q(channel_id)}/continue",
+            params={"context": context, "extension": extension, "priority": priority},
+        )
+
+    async def subscribe_channel(self, channel_id: str) -> None:
+        """Keep receiving a channel's events (state, hang-up) while it is outside our
+        app, e.g. in the dialplan; the channel must exist."""
+        await self.request(
+            "POST",
+            f"/applications/{_q(self.app)}/subscription",
+            params={"eventSource": f"channel:{channel_id}"},
+        )
+
     # ---- bridges
 
     async def create_bridge(self, bridge_id: str | None = None, kind: str = "mixing") -> str:

@@ -132,6 +132,24 @@ class QueueConfig:
     hours: BusinessHours | None
     stop_offers_before_close: float
     prompts: Mapping[str, str] = field(default_factory=dict)
+    announce_on_arrival: bool = False
+    """Tell a new caller their position and the expected wait before the music."""
+    announce_with_offer: bool = False
+    """Say the position and the expected wait again before each callback offer."""
+    min_position_for_offer: int = 1
+    """No callback offer to a caller nearer the head than this (1: anyone in overflow)."""
+    languages: tuple[str, ...] = ()
+    """Languages a caller may choose at entry, key 1, 2, ... in this order (the
+    ``language_menu`` prompt names them); empty: the queue's ``language`` only."""
+    language_timeout: float = 5.0
+    """How long the language menu waits for a key (then the first language)."""
+    answering_machine: str = "off"
+    """Answering-machine detection on callbacks (``AMD()`` once the customer answers):
+    ``off``; ``retry`` (a machine is a failed attempt, reason ``machine``); ``message``
+    (a machine hears ``callback_machine_message`` and the callback closes)."""
+    amd_options: str = ""
+    """``AMD()``'s arguments (up to 9 comma-separated whole numbers, ms / counts, in
+    its order); empty: amd.conf's settings."""
 
     def number_guard(self) -> NumberGuard:
         """This queue's number guard (R13). The loader builds one for every queue, so
@@ -415,6 +433,42 @@ def _queue_prompts(q: Doc, prompts: PromptConfig) -> dict[str, str]:
     return overrides
 
 
+#: ``answering_machine`` values (``QueueConfig.answering_machine``)
+ANSWERING_MACHINE_MODES: tuple[str, ...] = ("off", "retry", "message")
+#: ``AMD()``'s arguments, in its order (``amd_options``)
+AMD_ARGS: tuple[str, ...] = (
+    "initial_silence", "greeting", "after_greeting_silence", "total_analysis_time",
+    "min_word_length", "between_words_silence", "maximum_number_of_words",
+    "silence_threshold", "maximum_word_length",
+)
+
+
+def _answering_machine(q: Doc) -> str:
+    mode = q.scalar("answering_machine", "off").strip().lower()
+    if mode not in ANSWERING_MACHINE_MODES:
+        raise q.err("answering_machine",
+                    f"must be {', '.join(ANSWERING_MACHINE_MODES[:-1])} or "
+                    f"{ANSWERING_MACHINE_MODES[-1]}, not {mode!r}")
+    return mode
+
+
+def _amd_options(q: Doc) -> str:
+    """``amd_options: "2500,1500,800,5000"``: AMD()'s arguments as the dialplan takes
+    them; whole numbers only (the text reaches the dialplan as a channel variable)."""
+    text = q.scalar("amd_options", "").strip()
+    if not text:
+        return ""
+    fields = [f.strip() for f in text.split(",")]
+    if len(fields) > len(AMD_ARGS):
+        raise q.err("amd_options", f"at most {len(AMD_ARGS)} values "
+                                   f"({', '.join(AMD_ARGS)})")
+    for name, value in zip(AMD_ARGS, fields, strict=False):
+        if value and not (value.isascii() and value.isdigit() and int(value) <= 60_000):
+            raise q.err("amd_options", f"{name} must be a whole number 0..60000 "
+                                       f"(or empty for amd.conf's), not {value!r}")
+    return ",".join(fields)
+
+
 def _queue(name: str, q: Doc, region: str, prompts: PromptConfig) -> QueueConfig:
     did = q.scalar("did")
     hours_doc = q.sub("hours", required=False)
@@ -441,6 +495,13 @@ def _queue(name: str, q: Doc, region: str, prompts: PromptConfig) -> QueueConfig
         hours=_hours(hours_doc) if hours_doc is not None else None,
         stop_offers_before_close=duration(q, "stop_offers_before_close", "0s", 0, 86400),
         prompts=_queue_prompts(q, prompts),
+        announce_on_arrival=boolean(q, "announce_on_arrival", False),
+        announce_with_offer=boolean(q, "announce_with_offer", False),
+        min_position_for_offer=integer(q, "min_position_for_offer", 1, 1, 10_000),
+        languages=_languages(q),
+        language_timeout=duration(q, "language_timeout", "5s", 1, 60),
+        answering_machine=_answering_machine(q),
+        amd_options=_amd_options(q),
     )
     q.check_unknown()
     try:
@@ -448,6 +509,19 @@ def _queue(name: str, q: Doc, region: str, prompts: PromptConfig) -> QueueConfig
     except ValueError as exc:  # every part was checked above; this is the backstop
         raise ConfigError(f"bad number policy: {exc}", q.path, q.line) from None
     return queue
+
+
+def _languages(q: Doc) -> tuple[str, ...]:
+    """``languages: [en, es]``: at most 9 (one key each), no repeats."""
+    langs = q.strings("languages", ())
+    if len(langs) == 1:
+        raise q.err("languages", "list two or more (one language: use language:)")
+    if len(langs) > 9 or len(set(langs)) != len(langs):
+        raise q.err("languages", "at most 9 languages, each once (keys 1..9)")
+    for lang in langs:
+        if not _NAME.match(lang):
+            raise q.err("languages", f"not a language code: {lang!r}")
+    return langs
 
 
 def _queues(root: Doc, region: str, prompts: PromptConfig) -> dict[str, QueueConfig]:
@@ -570,7 +644,10 @@ def loads(text: str, base_dir: Path = Path("."), env: Mapping[str, str] | None =
     prompts = _prompts(root, base_dir)
     outbound = _outbound(root)
     queues = _queues(root, region, prompts)
-    check_languages(prompts, {prompts.language, *(q.language for q in queues.values())}, lines)
+    in_use = {prompts.language}
+    for q in queues.values():
+        in_use.update((q.language, *q.languages))
+    check_languages(prompts, in_use, lines)
     agents = _agents(root, queues, env)
     supervisors = _supervisors(root, agents, env)
     log_level = _log_level(root)

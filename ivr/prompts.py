@@ -37,6 +37,23 @@ PROMPT_IDS: tuple[str, ...] = (
     "callback_failed",
     "verify_customer",
     "connecting",
+    # Position and expected wait (queues with announce_on_arrival / announce_with_offer):
+    # "You are number <n> in line. The expected wait is about <n> minutes."
+    "position_intro",
+    "position_in_line",
+    "wait_intro",
+    "wait_under_minute",
+    "wait_about",
+    "wait_more_than",
+    "minute",
+    "wait_unknown",
+    # Queues with several languages: the menu at entry (key 1, 2, ... in list order).
+    "language_menu",
+    # What a caller or customer hears when a step fails (never silence and a hang-up).
+    "connect_failed",
+    "verify_timeout",
+    # A callback answered by an answering machine (queues with answering_machine: message).
+    "callback_machine_message",
 )
 
 # Formats an operator may drop in under the same name (Asterisk plays any of them).

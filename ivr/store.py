@@ -88,6 +88,10 @@ MIGRATIONS: list[str] = [
     CREATE INDEX history_at ON history (at, event);
     CREATE INDEX items_closed ON items (kind, updated_at);
     """,
+    # The caller's language travels with the item (the callback speaks it).
+    """
+    ALTER TABLE items ADD COLUMN language TEXT NOT NULL DEFAULT '';
+    """,
 ]
 
 # Spelled exactly as in the partial index items_open: SQLite uses a partial index only
@@ -97,17 +101,18 @@ assert {State(v.strip(" '")) for v in _OPEN_SQL.split(",")} == OPEN_STATES
 _ITEM_COLUMNS = (
     "id, queue, kind, state, arrived_at, seq, number, channel_id, attempts, "
     "next_eligible_at, offered_to, declined_by, created_at, updated_at, expires_at, "
-    "predicted_wait"
+    "predicted_wait, language"
 )
 _UPSERT = (
-    f"INSERT INTO items ({_ITEM_COLUMNS}) VALUES ({', '.join('?' * 16)}) "
+    f"INSERT INTO items ({_ITEM_COLUMNS}) VALUES ({', '.join('?' * 17)}) "
     "ON CONFLICT (id) DO UPDATE SET queue = excluded.queue, kind = excluded.kind, "
     "state = excluded.state, arrived_at = excluded.arrived_at, seq = excluded.seq, "
     "number = excluded.number, channel_id = excluded.channel_id, "
     "attempts = excluded.attempts, next_eligible_at = excluded.next_eligible_at, "
     "offered_to = excluded.offered_to, declined_by = excluded.declined_by, "
     "created_at = excluded.created_at, updated_at = excluded.updated_at, "
-    "expires_at = excluded.expires_at, predicted_wait = excluded.predicted_wait"
+    "expires_at = excluded.expires_at, predicted_wait = excluded.predicted_wait, "
+    "language = excluded.language"
 )
 # OR IGNORE: a save that failed and is retried may resend entries already written.
 _INSERT_HISTORY = (
@@ -119,7 +124,7 @@ MAX_GROUP = 2000
 
 ItemRow = tuple[
     str, str, str, str, float, int, str | None, str | None, int, float, str | None, str,
-    float, float, float | None, float | None,
+    float, float, float | None, float | None, str,
 ]  # fmt: skip
 HistoryRow = tuple[str, int, float, str, str]
 
@@ -542,6 +547,7 @@ def _item_row(item: WorkItem) -> ItemRow:
         item.updated_at,
         item.expires_at,
         item.predicted_wait,
+        item.language,
     )
 
 
@@ -563,6 +569,7 @@ def _from_row(row: sqlite3.Row | tuple[Any, ...], history: list[HistoryEntry]) -
         updated_at=row[13],
         expires_at=row[14],
         predicted_wait=row[15],
+        language=row[16],
         history=history,
     )
 

@@ -126,6 +126,17 @@ class CallbackAttemptFailed(AgentEvent):
 
 
 @dataclass(frozen=True)
+class AnsweringMachine(AgentEvent):
+    """A callback was answered by an answering machine (AMD, queues with
+    ``answering_machine``): ``action`` is ``retry`` (a failed attempt) or ``message``
+    (the message was left and the callback closed); ``cause`` is AMD's ``AMDCAUSE``."""
+
+    counter: ClassVar[str] = "answering_machines"
+    action: str = ""
+    cause: str = ""
+
+
+@dataclass(frozen=True)
 class TrunkFailed(AgentEvent):
     """The carrier never answered the INVITE: our outage, not the customer's."""
 
@@ -146,6 +157,12 @@ class StoreFailed(Event):
 @dataclass(frozen=True)
 class WorkChanged(Event):
     """Work or agents may have changed: time for a dispatch pass (no counter)."""
+
+
+@dataclass(frozen=True)
+class OfferRevoked(Event):
+    """A live caller chose a callback while an agent was being rung for them: that
+    ring stops (no counter; the request and the commit count)."""
 
 
 @dataclass(frozen=True)

@@ -68,3 +68,26 @@ class DequeueEstimator:
 
     def record_error(self, predicted: float, actual: float) -> None:
         self.errors.append((predicted, actual))
+
+
+#: what a caller is told of the wait: "unknown" (nobody serving), "under_minute",
+#: "about" N minutes, or "more_than" N minutes
+SpokenWait = tuple[str, int]
+#: beyond this many minutes nobody plans by the exact figure: "more than 30 minutes"
+SPOKEN_CAP_MINUTES = 30
+
+
+def spoken_wait(seconds: float) -> SpokenWait:
+    """The wait the way people say it: under a minute; about 1..10 minutes; about 15,
+    20, 25, 30 (to the nearest 5); more than 30. An unbounded estimate (no agent serves
+    the queue) is ``("unknown", 0)``: say so instead of a number."""
+    if not math.isfinite(seconds):
+        return ("unknown", 0)
+    if seconds < 60:
+        return ("under_minute", 0)
+    minutes = seconds / 60
+    if minutes < 10.5:
+        return ("about", max(1, round(minutes)))
+    if minutes <= SPOKEN_CAP_MINUTES + 2.5:
+        return ("about", min(SPOKEN_CAP_MINUTES, 5 * round(minutes / 5)))
+    return ("more_than", SPOKEN_CAP_MINUTES)

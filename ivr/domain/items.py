@@ -71,6 +71,9 @@ class WorkItem:
     updated_at: float = 0.0
     expires_at: float | None = None  # callbacks: closes as EXPIRED after this (R14)
     predicted_wait: float | None = None  # EWT at arrival, for the EWT error metric (R16)
+    #: the caller's language (the queue's, or chosen at entry): everything the customer
+    #: hears later, the callback included, is in it; "" = the queue's language
+    language: str = ""
     history: list[HistoryEntry] = field(default_factory=list)
 
     @property

@@ -222,7 +222,7 @@ class QueueEngine:
 
     def arrive(
         self, queue: str, *, channel_id: str, number: str | None,
-        arrived_at: float | None = None,
+        arrived_at: float | None = None, language: str = "",
     ) -> WorkItem:
         """A live inbound caller enters the queue (R1)."""
         q = self._queue(queue)
@@ -241,6 +241,7 @@ class QueueEngine:
             next_eligible_at=now,
             created_at=now,
             updated_at=now,
+            language=language,
         )
         key = item.key  # one tuple shared by both indexes (memory at 100k items)
         self._insert(q, item, key)
@@ -473,6 +474,28 @@ class QueueEngine:
     def offer_timed_out(self, item_id: str, agent_id: str) -> WorkItem:
         """R7/R9: no answer within preview/ring timeout; treated like a decline."""
         return self._offer_returned(item_id, agent_id, "offer_timed_out")
+
+    def set_language(self, item_id: str, language: str) -> WorkItem:
+        """The caller chose a language at entry: it travels with the item."""
+        item = self._open_item(item_id, "set language")
+        if item.language != language:
+            item.language = language
+            self._record(item, "language", language=language)
+        return item
+
+    def revoke_offer(self, item_id: str) -> WorkItem:
+        """A live caller pressed 1 while an agent was being rung for them (not yet
+        connected): the caller's choice wins. Back to WAITING at the same place, not a
+        decline by that agent (so ``convert_to_callback`` can follow)."""
+        item = self._open_item(item_id, "revoke offer")
+        if item.kind is not Kind.INBOUND or item.state is not State.OFFERED:
+            raise InvalidTransition(item, "revoke offer", "not a live caller being offered")
+        agent = item.offered_to
+        item.offered_to = None
+        item.state = State.WAITING
+        self._queues[item.queue].ready_inbound.add(item.key)
+        self._record(item, "offer_revoked", agent=agent, reason="caller_chose_callback")
+        return item
 
     def _offer_returned(self, item_id: str, agent_id: str, event: str) -> WorkItem:
         item = self._open_item(item_id, event)

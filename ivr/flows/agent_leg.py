@@ -92,6 +92,8 @@ class AgentLeg(ChannelSession):
         self.phase = Phase.RINGING
         #: ACCEPT / DECLINE: the first of the softphone key and the console button
         self.decision: str | None = None
+        #: an inbound caller's channel handed to us and not connected yet
+        self.handover: Handover | None = None
         self.accepted_at = 0.0  # time.monotonic() of the accept (accept-to-dial latency)
 
     def decide(self, accept: bool) -> None:
@@ -133,6 +135,10 @@ class AgentLeg(ChannelSession):
             if not self.detached:
                 await self.teardown()
                 await self.release_offer()
+                if self.handover is not None:
+                    # Not connected after all: the caller takes the call back (and
+                    # hears why) instead of being hung up with us.
+                    self.handover.hand_back()
 
     async def release_offer(self) -> None:
         """Safety net: whatever path ended this leg (a crash included), an item still
@@ -222,19 +228,29 @@ class AgentLeg(ChannelSession):
         answer = await self.ring_agent(caller_id, "inbound")
         if answer != Ring.ANSWERED:
             return RING_OUTCOME[answer]
-        if not await Handover(self).offer(caller, HANDOVER_TIMEOUT):
+        handover = Handover(self)
+        if not await handover.offer(caller, HANDOVER_TIMEOUT):
             # Gone, or busy entering another number: the offer goes back (run()).
             self.log.info("caller not available to connect as the agent answered")
             return Outcome.WITHDRAWN
-        self.peer_id = caller.channel_id
+        self.handover = handover
         try:
             await self.bridge(caller.channel_id)
             self.ctx.engine.connected(self.item.id, self.agent.id)
         except (ari.AriError, QueueError) as exc:
-            # The caller hung up between the answer and the bridge (their session
-            # closed the item as abandoned): nothing to connect.
-            self.log.info("caller left while being connected: %s", exc)
-            return Outcome.WITHDRAWN
+            if caller.gone or caller.ended.is_set():
+                # The caller hung up between the answer and the bridge (their session
+                # closed the item as abandoned): nothing to connect.
+                self.log.info("caller left while being connected: %s", exc)
+                self.handover = None
+                return Outcome.WITHDRAWN
+            # Our side failed (the agent's phone vanished): the caller is handed back
+            # (run()) and the offer returns to its place.
+            self.log.warning("agent vanished while being connected: %s", exc)
+            await self.return_offer(timed_out=False)
+            return Outcome.DECLINED
+        self.handover = None  # connected: the call is ours to end now
+        self.peer_id = caller.channel_id
         await self.ctx.commit()
         self.phase = Phase.CONNECTED
         self.ctx.publish(events.InboundConnected(self.q.name, self.item.id, agent=self.agent.id))
@@ -287,6 +303,8 @@ class AgentLeg(ChannelSession):
                                           accepted_at=self.accepted_at)
         if result == Dial.CANCELLED:
             return await self.withdrawn()
+        if result == Dial.MACHINE_MESSAGE:
+            return await self.machine_message_left()
         if result != Dial.ANSWERED:
             await self.attempt_failed(result)
             return await self.tell_agent_failed()
@@ -324,6 +342,19 @@ class AgentLeg(ChannelSession):
                 self.q.name, self.item.id, agent=self.agent.id, reason=result.value))
         self.log.info("callback attempt %d failed: %s -> %s", failed[0].attempts, result,
                       failed[0].state)
+
+    async def machine_message_left(self) -> Outcome:
+        """An answering machine took the queue's message (``answering_machine:
+        message``): nobody talked, and nothing is retried. The engine has no "closed by
+        a message" transition: the callback is cancelled with reason ``machine_message``
+        (its attempt stays counted). The agent is freed (no notice: it is not retried)."""
+        self._engine_step(lambda: self.ctx.engine.cancel(self.item.id, "machine_message"))
+        await self.ctx.commit()
+        self.log.info("answering machine: message left, callback closed")
+        await self.hangup_peer()
+        await self.quietly(self.ari.stop_ringing(self.channel_id))
+        await self.hangup()
+        return Outcome.ATTEMPT_FAILED
 
     async def tell_agent_failed(self) -> Outcome:
         await self.hangup_peer()

@@ -59,10 +59,12 @@ class FlowContext:
     def queue(self, name: str) -> QueueConfig | None:
         return self.cfg.queues.get(name)
 
-    def prompt(self, queue: QueueConfig | None, prompt_id: str) -> str:
+    def prompt(self, queue: QueueConfig | None, prompt_id: str, language: str = "") -> str:
+        """The media URI of a prompt: in ``language`` (a caller's own, stored on the
+        work item), else the queue's."""
         if queue is None:
-            return self.cfg.prompts.uri(prompt_id)
-        return self.cfg.prompts.uri(prompt_id, queue.language, queue.prompts)
+            return self.cfg.prompts.uri(prompt_id, language or None)
+        return self.cfg.prompts.uri(prompt_id, language or queue.language, queue.prompts)
 
     async def commit(self) -> bool:
         """Commit every change the engine made so far; True once durable (R20).

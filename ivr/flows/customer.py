@@ -36,6 +36,15 @@ CAUSE_TRUNK = (18, 27, 34, 38, 41, 42, 47, 102)
 # Extra seconds past an originate timeout before we give up on Asterisk telling us.
 GRACE = 5.0
 
+# The dialplan context that runs AMD() on an answered customer and hands the channel
+# back (asterisk-config/extensions.conf), and how long we wait for it: AMD's total
+# analysis time (amd.conf's default, or amd_options' fourth value) plus GRACE; for
+# ``message``, also WaitForSilence's limit (the end of the greeting, for the beep).
+AMD_CONTEXT = "ivr-amd"
+AMD_TOTAL_DEFAULT = 5.0
+AMD_SILENCE_WAIT = "1000,1,20"
+AMD_SILENCE_LIMIT = 20.0
+
 
 class Dial(StrEnum):
     """A callback attempt's result; the values are the history's ``reason``."""
@@ -47,6 +56,10 @@ class Dial(StrEnum):
     UNVERIFIED = "unverified"
     TRUNK_FAILURE = "trunk_failure"
     CANCELLED = "cancelled"
+    #: an answering machine answered (answering_machine: retry): a failed attempt
+    MACHINE = "machine"
+    #: an answering machine took our message (answering_machine: message): closed
+    MACHINE_MESSAGE = "machine_message"
 
 
 def _classify(dialstatus: str, rang: bool, refused: int | None, cause: int) -> Dial:
@@ -68,6 +81,14 @@ def _classify(dialstatus: str, rang: bool, refused: int | None, cause: int) -> D
 
 def _is_cancel(ev: object) -> bool:
     return isinstance(ev, Message) and ev.kind == CANCEL
+
+
+def amd_wait(q: QueueConfig) -> float:
+    """Seconds to wait for the answering-machine check's result."""
+    fields = q.amd_options.split(",") if q.amd_options else []
+    total = int(fields[3]) / 1000 if len(fields) > 3 and fields[3] else AMD_TOTAL_DEFAULT
+    extra = AMD_SILENCE_LIMIT if q.answering_machine == "message" else 0.0
+    return total + extra + GRACE
 
 
 class CustomerCall:
@@ -99,6 +120,14 @@ class CustomerCall:
         customer_id = self.channel_id
         await leg.quietly(leg.ari.start_ringing(leg.channel_id))
         latency = time.monotonic() - accepted_at if accepted_at else 0.0
+        variables = {"PJSIP_HEADER(add,X-Work-Item)": self.item_id}
+        if q.answering_machine != "off":
+            # For the [ivr-amd] context (screen()): where to hand the channel back.
+            variables.update({
+                "IVR_APP": ctx.cfg.ari.app, "IVR_ITEM": self.item_id,
+                "IVR_AMD_OPTIONS": q.amd_options,
+                "IVR_AMD_WAIT": AMD_SILENCE_WAIT if q.answering_machine == "message" else "",
+            })
         try:
             await leg.ari.originate(
                 dial_string,
@@ -106,7 +135,7 @@ class CustomerCall:
                 caller_id=f'"{q.caller_id}" <{q.caller_id}>',
                 timeout=ctx.cfg.outbound.dial_timeout,
                 channel_id=customer_id,
-                variables={"PJSIP_HEADER(add,X-Work-Item)": self.item_id},
+                variables=variables,
             )
         except ari.AriError as exc:
             leg.log.error("callback originate failed: %s", exc)
@@ -140,17 +169,82 @@ class CustomerCall:
                 cause = ev.cause if isinstance(ev, ari.ChannelDestroyed) else 0
                 return _classify(dialstatus, rang, refused, cause)
             if isinstance(ev, ari.StasisStart) and ev.channel.id == customer_id:
+                if q.answering_machine != "off":
+                    screened = await self.screen()
+                    if screened != Dial.ANSWERED:
+                        return screened
                 if q.verify_customer and not await self.verify():
                     await self.hangup()
                     return Dial.UNVERIFIED
                 return Dial.ANSWERED
 
+    async def screen(self) -> Dial:
+        """Answering-machine detection (queues with ``answering_machine``): the answered
+        customer leaves our app for the [ivr-amd] context, where ``AMD()`` listens to the
+        greeting, and comes back with ``customer,<item>,<AMDSTATUS>,<AMDCAUSE>``.
+
+        The customer is originated into our app as always (so the app is subscribed to
+        the channel from its creation and every dial outcome is classified exactly as
+        without AMD), and moved to the dialplan only once answered; an explicit
+        subscription keeps its hang-up reaching us while it is out of the app.
+
+        HUMAN and NOTSURE: ``ANSWERED`` (the agent gets the customer). MACHINE:
+        ``MACHINE`` (``retry``), or, with ``message``, the message is played once the
+        greeting has ended and the result is ``MACHINE_MESSAGE`` (``MACHINE`` when the
+        machine hung up before the end of it). Gone meanwhile: ``FAILED``."""
+        leg, q, customer = self.leg, self.q, self.channel_id
+        try:
+            await leg.ari.subscribe_channel(customer)
+            await leg.ari.continue_in_dialplan(customer, AMD_CONTEXT)
+        except ari.AriError as exc:
+            leg.log.info("customer left before the answering-machine check: %s", exc)
+            await self.hangup()
+            return Dial.FAILED
+        deadline = self.ctx.now() + amd_wait(q)
+        left_app = False
+        while True:
+            ev = await leg.next(deadline)
+            if ev is None:
+                leg.log.warning("no answering-machine result in time; hanging up")
+                await self.hangup()
+                return Dial.FAILED
+            if _is_cancel(ev):
+                await self.hangup()
+                return Dial.CANCELLED
+            if ev.channel_id != customer:
+                continue
+            if isinstance(ev, ari.StasisEnd) and not left_app \
+                    and not ev.raw.get("synthetic"):
+                left_app = True  # our continue: the channel is in [ivr-amd] now
+                continue
+            if isinstance(ev, ari.StasisEnd | ari.ChannelDestroyed):
+                leg.log.info("customer hung up during the answering-machine check")
+                return Dial.FAILED
+            if isinstance(ev, ari.StasisStart):
+                back = ev
+                break
+        status, cause = [*back.args[2:4], "", ""][:2]
+        leg.log.info("answering-machine check: %s (%s)", status or "?", cause or "-")
+        if status.upper() != "MACHINE":
+            return Dial.ANSWERED  # HUMAN, NOTSURE (and anything unexpected): a person
+        self.ctx.publish(events.AnsweringMachine(q.name, self.item_id, agent=self.agent_id,
+                                                 action=q.answering_machine, cause=cause))
+        if q.answering_machine == "message":
+            message = [self.ctx.prompt(q, "callback_machine_message")]
+            if await leg.play_until(message, channel_id=customer) == "":
+                await self.hangup()
+                return Dial.MACHINE_MESSAGE
+        await self.hangup()
+        return Dial.MACHINE
+
     async def verify(self) -> bool:
         """R8 option: the customer confirms with 1 (during the prompt or within
         ``preview_timeout``), so agents never talk to voicemail; then "connecting"."""
         leg, q, customer = self.leg, self.q, self.channel_id
+        # The customer hears their own language (chosen when they called).
+        language = self.ctx.engine.get(self.item_id).language
         deadline = self.ctx.now() + q.preview_timeout
-        got = await leg.play_until([self.ctx.prompt(q, "verify_customer")], {"1"},
+        got = await leg.play_until([self.ctx.prompt(q, "verify_customer", language)], {"1"},
                                    channel_id=customer)
         if got == "":
             ev = await leg.wait_for(
@@ -159,10 +253,15 @@ class CustomerCall:
                     or isinstance(e, ari.StasisEnd | ari.ChannelDestroyed)),
                 deadline,
             )
-            got = "1" if isinstance(ev, ari.ChannelDtmfReceived) else GONE
+            got = "1" if isinstance(ev, ari.ChannelDtmfReceived) else (
+                "" if ev is None else GONE)
+        if got == "":
+            # No answer in time: told, not just hung up on (retried later, R10).
+            await leg.play_until([self.ctx.prompt(q, "verify_timeout", language)],
+                                 channel_id=customer)
         if got != "1":
             return False
-        connecting = [self.ctx.prompt(q, "connecting")]
+        connecting = [self.ctx.prompt(q, "connecting", language)]
         return await leg.play_until(connecting, channel_id=customer) != GONE
 
     async def hangup(self) -> None:

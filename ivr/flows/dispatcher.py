@@ -82,7 +82,7 @@ class Dispatcher:
     def _on_flow_event(self, event: events.Event) -> None:
         if isinstance(event, events.AgentChanged | events.StoreCommitted):
             return
-        if isinstance(event, events.ItemClosed):
+        if isinstance(event, events.ItemClosed | events.OfferRevoked):
             # A live caller left (hang-up, duplicate) or R12 closed a callback: a leg
             # ringing or previewing it must stop.
             leg = self.legs.get(event.item_id)

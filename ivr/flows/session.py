@@ -47,6 +47,9 @@ CANCEL = "cancel"
 PEER_GONE = "peer_gone"
 #: to an agent leg: the agent accepted or declined on the console (see ``decision``)
 DECIDED = "decided"
+#: to a caller session that handed its channel over: the agent leg could not connect
+#: it (the agent vanished); the caller takes the call back and keeps waiting
+HANDBACK = "handback"
 
 
 class Handover(Message):
@@ -58,12 +61,15 @@ class Handover(Message):
        hold or hearing the offer: it stops the music or the prompt first), else it
        ``refuse``s at once (busy entering another number, hearing its confirmation);
     3. once accepted, the agent leg owns the channel; when the caller hangs up, the
-       caller session tells the leg (``caller_gone``).
+       caller session tells the leg (``caller_gone``);
+    4. when the leg cannot connect the call after all (the agent's phone vanished), it
+       ``hand_back``s the channel: the caller hears why and keeps waiting in place.
     """
 
     def __init__(self, leg: ChannelSession) -> None:
         super().__init__("handover")
         self.leg = leg
+        self.caller: ChannelSession | None = None
         self._answer: asyncio.Future[bool] = asyncio.get_running_loop().create_future()
 
     def accept(self) -> None:
@@ -77,11 +83,16 @@ class Handover(Message):
     def caller_gone(self) -> None:
         self.leg.deliver(Message(PEER_GONE))
 
+    def hand_back(self) -> None:
+        if self.caller is not None:
+            self.caller.deliver(Message(HANDBACK))
+
     async def offer(self, caller: ChannelSession, timeout: float) -> bool:
         """Deliver to ``caller`` and wait for its answer (False on timeout or when the
         caller's session has already ended)."""
         if caller.gone or caller.ended.is_set():
             return False
+        self.caller = caller
         caller.deliver(self)
         try:
             return await asyncio.wait_for(asyncio.shield(self._answer), timeout)
@@ -135,6 +146,8 @@ class ChannelSession:
         self.extra: dict[str, str] = {"item": "-", "chan": channel_id[-12:]}
         self.log = ItemLogger(log, self.extra)
         self.task: asyncio.Task[None] | None = None
+        #: a barge-in's playback stop still in flight (``play_until(defer_stop=True)``)
+        self._stopping: asyncio.Task[None] | None = None
 
     async def run(self) -> None:
         raise NotImplementedError
@@ -192,12 +205,20 @@ class ChannelSession:
         None when the channel is gone (404/409)."""
         playback_id = uuid.uuid4().hex
         target = channel_id or self.channel_id
+        await self.settle()
         try:
             await self.ari.play(target, media, playback_id=playback_id)
         except (AriNotFound, AriConflict) as exc:
             self.log.debug("playback on a gone channel: %s", exc)
             return None
         return playback_id
+
+    async def settle(self) -> None:
+        """Wait for a deferred playback stop: the channel's next media command (a
+        playback, music on hold, a hang-up) must not overtake it."""
+        stopping, self._stopping = self._stopping, None
+        if stopping is not None:
+            await stopping
 
     async def stop_playback(self, playback_id: str) -> None:
         try:
@@ -216,6 +237,7 @@ class ChannelSession:
         on_message: Callable[[Message], bool] | None = None,
         *,
         channel_id: str | None = None,
+        defer_stop: bool = False,
     ) -> str | Message:
         """Play each media in turn, to the end or until one of ``digits`` (barge-in; the
         playback is stopped). Returns the digit, ``""`` when all finished (or failed), a
@@ -225,9 +247,14 @@ class ChannelSession:
 
         One playback per media, not one ARI playlist: on Asterisk 22 stopping a playlist
         playback ends only its current item, and the channel stays busy with the rest
-        (a bridge addChannel then waits behind it)."""
+        (a bridge addChannel then waits behind it).
+
+        ``defer_stop``: on a barge-in digit, return at once and let the stop's round trip
+        run alongside what the flow does next (a caller's press 1: the disk commit);
+        ``settle()``, called by ``play`` and ``hangup``, waits for it."""
         for uri in media:
-            got = await self._play_one(uri, digits, on_message, channel_id or self.channel_id)
+            got = await self._play_one(uri, digits, on_message, channel_id or self.channel_id,
+                                       defer_stop)
             if got != "":
                 return got
         return ""
@@ -238,6 +265,7 @@ class ChannelSession:
         digits: Collection[str],
         on_message: Callable[[Message], bool] | None,
         target: str,
+        defer_stop: bool = False,
     ) -> str | Message:
         playback_id = await self.play([uri], target)
         if playback_id is None:
@@ -253,7 +281,10 @@ class ChannelSession:
                 return ""
             if isinstance(ev, ari.ChannelDtmfReceived) and ev.digit in digits \
                     and ev.channel_id == target:
-                await self.stop_playback(playback_id)
+                if defer_stop and target == self.channel_id:
+                    self._stopping = asyncio.create_task(self.stop_playback(playback_id))
+                else:
+                    await self.stop_playback(playback_id)
                 return ev.digit
             if isinstance(ev, Message) and on_message is not None and on_message(ev):
                 await self.stop_playback(playback_id)
@@ -263,5 +294,6 @@ class ChannelSession:
                 return GONE
 
     async def hangup(self) -> None:
+        await self.settle()
         with contextlib.suppress(AriNotFound, AriConflict):
             await self.ari.hangup(self.channel_id)

@@ -91,6 +91,7 @@ class Item(Model):
     offered_to: str | None
     next_attempt_at: datetime | None = Field(description="callbacks: not dialled before")
     expires_at: datetime | None
+    language: str = Field(description="the caller's language (the callback speaks it)")
 
 
 class Callback(Item):
@@ -170,6 +171,7 @@ class Offer(Model):
     phase: Literal["ringing", "preview", "dialling", "connected", "ended"]
     decision: Literal["accept", "decline"] | None
     agent: str
+    language: str = Field(description="the customer's language")
 
 
 class LastOffer(Model):

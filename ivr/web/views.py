@@ -46,7 +46,13 @@ def item(ctx: FlowContext, it: WorkItem, position: int | None, *,
         next_attempt_at=ts(it.next_eligible_at)
         if it.kind == "callback" and it.next_eligible_at > now else None,
         expires_at=ts(it.expires_at) if it.expires_at is not None else None,
+        language=_language(ctx, it),
     )
+
+
+def _language(ctx: FlowContext, it: WorkItem) -> str:
+    q = ctx.queue(it.queue)
+    return it.language or (q.language if q is not None else ctx.cfg.prompts.language)
 
 
 def callback(ctx: FlowContext, it: WorkItem) -> models.Callback:
@@ -110,7 +116,7 @@ def offer(ctx: FlowContext, dispatcher: Dispatcher, agent_id: str) -> models.Off
         e164=it.number, waited=round(max(0.0, ctx.now() - it.arrived_at), 1),
         attempts=it.attempts, phase=leg.phase.value,
         decision=leg.decision,  # type: ignore[arg-type]  # ACCEPT / DECLINE / None
-        agent=agent_id,
+        agent=agent_id, language=_language(ctx, it),
     )
 
 

@@ -6,7 +6,7 @@ import math
 
 import pytest
 
-from ivr.domain.ewt import EWT_ERROR_SAMPLES, DequeueEstimator
+from ivr.domain.ewt import EWT_ERROR_SAMPLES, DequeueEstimator, spoken_wait
 
 
 def test_prior_until_first_sample_then_ema() -> None:
@@ -41,3 +41,14 @@ def test_errors_are_bounded() -> None:
 def test_bad_parameters(alpha: float, interval: float) -> None:
     with pytest.raises(ValueError):
         DequeueEstimator(alpha=alpha, initial_interval=interval)
+
+
+@pytest.mark.parametrize(("seconds", "said"), [
+    (math.inf, ("unknown", 0)), (0, ("under_minute", 0)), (59.9, ("under_minute", 0)),
+    (60, ("about", 1)), (89, ("about", 1)), (91, ("about", 2)), (240, ("about", 4)),
+    (10 * 60 + 29, ("about", 10)), (11 * 60, ("about", 10)), (13 * 60, ("about", 15)),
+    (29 * 60, ("about", 30)), (32 * 60, ("about", 30)), (33 * 60, ("more_than", 30)),
+    (5 * 3600, ("more_than", 30)),
+])
+def test_the_wait_is_said_the_way_people_speak(seconds: float, said: tuple[str, int]) -> None:
+    assert spoken_wait(seconds) == said

@@ -145,6 +145,7 @@ function renderDesk(desk) {
     text($("#offer-waited"), duration(since(o.waited)));
     text($("#offer-attempts"), String(o.attempts));
     text($("#offer-queue"), o.queue);
+    text($("#offer-language"), o.language);
     let phase = PHASES[o.phase] || o.phase;
     if (o.decision === "accept" && o.phase === "ringing") phase += " — accepted: answer to dial";
     text($("#offer-phase"), phase);
