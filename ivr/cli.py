@@ -20,6 +20,7 @@ from collections.abc import Sequence
 from ivr import config as config_mod
 from ivr import logs, passwords
 from ivr import store as store_mod
+from ivr.sim import command as sim_command
 
 log = logging.getLogger("ivr.cli")
 
@@ -60,9 +61,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     run.add_argument("config")
     sub.add_parser("hash-password", help="read a console password (stdin) and print the "
                    "password_hash to put in the config")
+    sim_command.add_parsers(sub)  # the what-if simulator: simulate, export-arrivals
     args = parser.parse_args(argv)
     if args.command == "hash-password":
         return _hash_password()
+    if args.command in ("simulate", "export-arrivals"):
+        return sim_command.run(args)
 
     try:
         cfg = config_mod.load(args.config)
