@@ -312,30 +312,9 @@ def start_uas(label: str, host: str, port: int, workdir: Path, *, press_ms: int 
     return sipp
 
 
-_media_ports: set[int] = set()
-
-
 def media_port(host: str) -> int:
-    """p with p..p+3 free (sipp takes p and p+2), above Asterisk's RTP range."""
-    import random
-    import socket
-
-    for _ in range(500):
-        p = random.randrange(40000, 60000, 4)
-        if any(q in _media_ports for q in range(p, p + 4)):
-            continue
-        ok = True
-        for q in range(p, p + 4):
-            with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
-                try:
-                    s.bind((host, q))
-                except OSError:
-                    ok = False
-                    break
-        if ok:
-            _media_ports.update(range(p, p + 4))
-            return p
-    raise RuntimeError("no free media port")
+    """Media ports for a sipp peer, above every Asterisk RTP range the runs use."""
+    return sandbox.media_port(host, low=40000)
 
 
 # ------------------------------------------------------------------ observer

@@ -454,6 +454,8 @@ def _safe_type(value: object) -> str:
 
 #: seconds a websocket must have stayed up for its loss to reconnect without backoff
 STABLE_CONNECTION = 2.0
+#: the longest a close of the events websocket may wait for Asterisk's close frame
+WS_CLOSE_TIMEOUT = 5.0
 
 
 def _q(segment: str) -> str:
@@ -518,8 +520,13 @@ class AriClient:
 
     async def close(self) -> None:
         self._closing = True
-        if self._ws is not None:
-            await self._ws.close()
+        ws = self._ws
+        if ws is not None:
+            # aiohttp's close() waits, with no timeout of its own, for a task sitting in
+            # receive() (our events reader) to see the close: bounded, so a stop always
+            # completes (the caller cancels the reader next).
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(ws.close(), WS_CLOSE_TIMEOUT)
         if self._own_session and self._session is not None:
             await self._session.close()
             self._session = None

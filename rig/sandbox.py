@@ -177,6 +177,23 @@ def free_port(host: str = "127.0.0.1", *, udp: bool = True) -> int:
     raise SandboxError("no free port found")
 
 
+_handed_out_media: set[int] = set()
+
+
+def media_port(host: str, low: int = 33000) -> int:
+    """A port p with p..p+3 free on ``host`` for a sipp peer's media (sipp takes p and
+    p+2), at or above ``low`` (above Asterisk's RTP ranges), never handed out twice."""
+    for _ in range(500):
+        p = random.randrange(low, 60000, 4)
+        ports = range(p, p + 4)
+        if any(q in _handed_out_media for q in ports):
+            continue
+        if all(_bindable(socket.SOCK_DGRAM, host, q) for q in ports):
+            _handed_out_media.update(ports)
+            return p
+    raise SandboxError("no free media port")
+
+
 def _free_rtp_range(count: int = RTP_PORTS_PER_RUN) -> tuple[int, int]:
     """An even-aligned UDP range below the kernel's ephemeral ports (32768+).
 

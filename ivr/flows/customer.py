@@ -230,7 +230,8 @@ class CustomerCall:
         self.ctx.publish(events.AnsweringMachine(q.name, self.item_id, agent=self.agent_id,
                                                  action=q.answering_machine, cause=cause))
         if q.answering_machine == "message":
-            message = [self.ctx.prompt(q, "callback_machine_message")]
+            language = self.ctx.engine.get(self.item_id).language  # the customer's own
+            message = [self.ctx.prompt(q, "callback_machine_message", language)]
             if await leg.play_until(message, channel_id=customer) == "":
                 await self.hangup()
                 return Dial.MACHINE_MESSAGE

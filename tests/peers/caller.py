@@ -14,13 +14,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
 
-from rig.sandbox import AsteriskInstance, free_port
+from rig.sandbox import AsteriskInstance, free_port, media_port
 from tests.peers.sipp import (
     SippProcess,
     dtmf_pcap,
     failure_recvs,
     info_xml,
-    media_port,
     ms,
     play_digit,
     render,
@@ -74,6 +73,8 @@ class SipCaller:
         self.did = did
         self.caller = caller
         self.max_duration = max_duration
+        #: where the INVITE goes (Asterisk's SIP port; a subclass may aim elsewhere)
+        self.target = f"127.0.0.1:{instance.sip_port}"
         self._sipp = SippProcess(f"caller-{did}")
         host = instance.carrier_host
         self.local_port = free_port(host)
@@ -142,7 +143,7 @@ class SipCaller:
         host = inst.carrier_host
         self._sipp.start(
             [
-                f"127.0.0.1:{inst.sip_port}",
+                self.target,
                 "-sf", str(self.scenario),
                 "-s", self.did,
                 "-i", host,

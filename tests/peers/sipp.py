@@ -11,10 +11,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
-import random
 import re
 import shutil
-import socket
 import subprocess
 import tempfile
 import time
@@ -31,7 +29,6 @@ _FAILURE_CODES = (
     400, 401, 403, 404, 405, 407, 408, 410, 415, 420, 480, 481, 482, 483, 484, 485,
     486, 487, 488, 491, 500, 501, 502, 503, 504, 580, 600, 603, 604, 606,
 )  # fmt: skip
-_handed_out_media: set[int] = set()
 
 
 class SipError(RuntimeError):
@@ -66,27 +63,6 @@ def dtmf_pcap(digit: str) -> Path:
 
 def ms(seconds: float) -> int:
     return max(1, round(seconds * 1000))
-
-
-def media_port(host: str) -> int:
-    """A port p with p..p+3 free on ``host`` (sipp uses p and p+2 for audio/video)."""
-    for _ in range(500):
-        p = random.randrange(33000, 60000, 4)
-        ports = range(p, p + 4)
-        if any(q in _handed_out_media for q in ports):
-            continue
-        ok = True
-        for q in ports:
-            with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
-                try:
-                    s.bind((host, q))
-                except OSError:
-                    ok = False
-                    break
-        if ok:
-            _handed_out_media.update(ports)
-            return p
-    raise SipError("no free media port")
 
 
 def render_timeline(

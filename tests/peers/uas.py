@@ -21,14 +21,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
-from rig.sandbox import AsteriskInstance, free_port
+from rig.sandbox import AsteriskInstance, free_port, media_port
 from tests.peers.sipp import (
     SIPP_DIR,
     SipError,
     SippProcess,
     dtmf_pcap,
     failure_recvs,
-    media_port,
     ms,
     play_digit,
     render,

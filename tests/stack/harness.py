@@ -156,24 +156,6 @@ class StackCaller(SipCaller):
         """sipp still runs: the call is not over."""
         return self._sipp.returncode is None
 
-    def start(self) -> None:
-        host = self.instance.carrier_host
-        self._sipp.start(
-            [
-                self.target,
-                "-sf", str(self.scenario),
-                "-s", self.did,
-                "-i", host,
-                "-p", str(self.local_port),
-                "-mi", host,
-                "-mp", str(self.media_port),
-                "-m", "1",
-                "-l", "1",
-                "-timeout", f"{int(self.max_duration * 2 + 30)}s",
-                "-timeout_error",
-            ]
-        )  # fmt: skip
-
 
 # ------------------------------------------------------------------ parsing
 

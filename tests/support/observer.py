@@ -64,12 +64,15 @@ class AriObserver:
         self._changed.set()
 
     async def close(self) -> None:
-        if self._ws is not None:
-            await self._ws.close()
+        # The reader first: aiohttp's close() called while another task sits in
+        # receive() waits, without a timeout, for that task to see the close (a run hung
+        # there for good once). With no reader, close() has its own timeout.
         if self._task is not None:
             self._task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._task
+        if self._ws is not None:
+            await self._ws.close()
         if self._session is not None:
             await self._session.close()
 
