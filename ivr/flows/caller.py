@@ -92,6 +92,7 @@ class CallerSession(ChannelSession):
 
     async def join_queue(self) -> None:
         """R1: answer, music on hold, a work item at the back of the queue."""
+        arriving = self.item is None  # not re-adopted: greet (menu, announcement)
         if self.item is None:
             await self.quietly(self.ari.answer(self.channel_id))
             # R13: the caller id is parsed once, in the queue's region, and stored in
@@ -108,8 +109,9 @@ class CallerSession(ChannelSession):
             )
             await self.ctx.commit()
             self.ctx.publish(events.CallerArrived(self.q.name, self.item.id))
-            self.extra["item"] = self.item.id[:12]
-            self.ctx.publish(events.WorkChanged(self.q.name, self.item.id))
+        self.extra["item"] = self.item.id[:12]
+        self.ctx.publish(events.WorkChanged(self.q.name, self.item.id))
+        if arriving:
             # A free agent need not wait for the greeting: it can take the call now.
             self.takes_handovers = True
             if self.q.languages:
@@ -119,10 +121,8 @@ class CallerSession(ChannelSession):
                                             on_message=lambda m: isinstance(m, Handover))
                 if isinstance(got, Handover):
                     self.early = got
-        self.extra["item"] = self.item.id[:12]
         self.log.info("caller waiting in %s at position %d", self.q.name,
                       self.ctx.engine.position(self.item.id))
-        self.ctx.publish(events.WorkChanged(self.q.name, self.item.id))
 
     async def choose_language(self) -> None:
         """Queues with several languages: key 1, 2, ... picks one (the menu names

@@ -80,8 +80,6 @@ class Dispatcher:
         return leg
 
     def _on_flow_event(self, event: events.Event) -> None:
-        if isinstance(event, events.AgentChanged | events.StoreCommitted):
-            return
         if isinstance(event, events.ItemClosed | events.OfferRevoked):
             # A live caller left (hang-up, duplicate) or R12 closed a callback: a leg
             # ringing or previewing it must stop.

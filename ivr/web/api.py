@@ -361,10 +361,13 @@ async def list_callbacks(request: web.Request) -> web.Response:
     if status in ("open", "all"):
         ctx.engine.activate_scheduled()
         for name in ctx.cfg.queues:
-            line = [i for i in ctx.engine.items(name) if i.kind == "callback"]
-            out.extend(views.callback(ctx, i) for i in line + ctx.engine.scheduled(name))
+            out.extend(views.callback_at(ctx, i, pos)
+                       for pos, i in enumerate(ctx.engine.items(name), 1)
+                       if i.kind == "callback")
+            out.extend(views.callback_at(ctx, i, None) for i in ctx.engine.scheduled(name))
     if status in ("closed", "all"):
-        out.extend(views.callback(ctx, i) for i in await ctx.store.recent_callbacks(limit))
+        out.extend(views.callback_at(ctx, i, None)
+                   for i in await ctx.store.recent_callbacks(limit))
     return reply(models.Callbacks(callbacks=out))
 
 

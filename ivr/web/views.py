@@ -56,10 +56,16 @@ def _language(ctx: FlowContext, it: WorkItem) -> str:
 
 
 def callback(ctx: FlowContext, it: WorkItem) -> models.Callback:
+    """One callback, its position looked up in its line (None: booked for later, or
+    closed). A listing that walks the line passes positions to ``callback_at``."""
     position = None
     if it.is_open:
         position = next((n for n, i in enumerate(ctx.engine.items(it.queue), 1)
                          if i.id == it.id), None)
+    return callback_at(ctx, it, position)
+
+
+def callback_at(ctx: FlowContext, it: WorkItem, position: int | None) -> models.Callback:
     base = item(ctx, it, position)
     return models.Callback(
         **base.model_dump(),
