@@ -92,6 +92,10 @@ MIGRATIONS: list[str] = [
     """
     ALTER TABLE items ADD COLUMN language TEXT NOT NULL DEFAULT '';
     """,
+    # Several Asterisk nodes: the node a caller's channel is on travels with the item.
+    """
+    ALTER TABLE items ADD COLUMN node TEXT NOT NULL DEFAULT '';
+    """,
 ]
 
 # Spelled exactly as in the partial index items_open: SQLite uses a partial index only
@@ -101,10 +105,10 @@ assert {State(v.strip(" '")) for v in _OPEN_SQL.split(",")} == OPEN_STATES
 _ITEM_COLUMNS = (
     "id, queue, kind, state, arrived_at, seq, number, channel_id, attempts, "
     "next_eligible_at, offered_to, declined_by, created_at, updated_at, expires_at, "
-    "predicted_wait, language"
+    "predicted_wait, language, node"
 )
 _UPSERT = (
-    f"INSERT INTO items ({_ITEM_COLUMNS}) VALUES ({', '.join('?' * 17)}) "
+    f"INSERT INTO items ({_ITEM_COLUMNS}) VALUES ({', '.join('?' * 18)}) "
     "ON CONFLICT (id) DO UPDATE SET queue = excluded.queue, kind = excluded.kind, "
     "state = excluded.state, arrived_at = excluded.arrived_at, seq = excluded.seq, "
     "number = excluded.number, channel_id = excluded.channel_id, "
@@ -112,7 +116,7 @@ _UPSERT = (
     "offered_to = excluded.offered_to, declined_by = excluded.declined_by, "
     "created_at = excluded.created_at, updated_at = excluded.updated_at, "
     "expires_at = excluded.expires_at, predicted_wait = excluded.predicted_wait, "
-    "language = excluded.language"
+    "language = excluded.language, node = excluded.node"
 )
 # OR IGNORE: a save that failed and is retried may resend entries already written.
 _INSERT_HISTORY = (
@@ -124,7 +128,7 @@ MAX_GROUP = 2000
 
 ItemRow = tuple[
     str, str, str, str, float, int, str | None, str | None, int, float, str | None, str,
-    float, float, float | None, float | None, str,
+    float, float, float | None, float | None, str, str,
 ]  # fmt: skip
 HistoryRow = tuple[str, int, float, str, str]
 
@@ -548,6 +552,7 @@ def _item_row(item: WorkItem) -> ItemRow:
         item.expires_at,
         item.predicted_wait,
         item.language,
+        item.node,
     )
 
 
@@ -570,6 +575,7 @@ def _from_row(row: sqlite3.Row | tuple[Any, ...], history: list[HistoryEntry]) -
         expires_at=row[14],
         predicted_wait=row[15],
         language=row[16],
+        node=row[17],
         history=history,
     )
 

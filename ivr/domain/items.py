@@ -74,6 +74,9 @@ class WorkItem:
     #: the caller's language (the queue's, or chosen at entry): everything the customer
     #: hears later, the callback included, is in it; "" = the queue's language
     language: str = ""
+    #: the Asterisk node a live caller's channel is on (``asterisk:`` nodes by name), or
+    #: the node a callback was last dialled from; "" = the only node
+    node: str = ""
     history: list[HistoryEntry] = field(default_factory=list)
 
     @property
