@@ -210,24 +210,7 @@ class SqliteStore(Store):
         if self._closed:
             raise StoreError("store is closed")
         loop = asyncio.get_running_loop()
-        rows: list[ItemRow] = []
-        history: list[HistoryRow] = []
-        ids: list[str] = []
-        for item in items:
-            rows.append(_item_row(item))
-            sent = self._history_sent.get(item.id, 0)
-            for idx in range(sent, len(item.history)):
-                entry = item.history[idx]
-                history.append(
-                    (item.id, idx, entry.at, entry.event, json.dumps(entry.detail, sort_keys=True))
-                )
-            if item.is_open:
-                self._history_sent[item.id] = len(item.history)
-            else:
-                # Closed items are not saved again in normal life; forget them so the map
-                # stays as small as the open set. A later save resends with OR IGNORE.
-                self._history_sent.pop(item.id, None)
-            ids.append(item.id)
+        rows, history, ids = _rows_to_send(items, self._history_sent)
         future: asyncio.Future[None] = loop.create_future()
         self._jobs.put(_Save(rows, history, loop, future, ids))
         try:
@@ -329,6 +312,34 @@ class SqliteStore(Store):
         self.commits += 1
         for s in batch:
             _resolve(s.loop, s.future, None, None)
+
+
+def _rows_to_send(
+    items: Sequence[WorkItem], history_sent: dict[str, int]
+) -> tuple[list[ItemRow], list[HistoryRow], list[str]]:
+    """Serialise ``items`` for a save: every item's row and only the history entries not
+    sent before (``history_sent``: item id -> entries already sent, updated here). Shared
+    by both back-ends (ivr/pgstore.py). If the save then fails, the caller must forget
+    the returned ids in ``history_sent`` so the next save resends all their history."""
+    rows: list[ItemRow] = []
+    history: list[HistoryRow] = []
+    ids: list[str] = []
+    for item in items:
+        rows.append(_item_row(item))
+        sent = history_sent.get(item.id, 0)
+        for idx in range(sent, len(item.history)):
+            entry = item.history[idx]
+            history.append(
+                (item.id, idx, entry.at, entry.event, json.dumps(entry.detail, sort_keys=True))
+            )
+        if item.is_open:
+            history_sent[item.id] = len(item.history)
+        else:
+            # Closed items are not saved again in normal life; forget them so the map
+            # stays as small as the open set. A later save resends, ignoring duplicates.
+            history_sent.pop(item.id, None)
+        ids.append(item.id)
+    return rows, history, ids
 
 
 def _resolve(

@@ -18,6 +18,7 @@ from tests import peers
 from tests.peers import SipCaller, SipCarrier, SipPhone
 from tests.support.asterisk import finish_asterisk, start_asterisk
 from tests.support.observer import AriObserver
+from tests.support.postgres import pg_dsn, pg_server  # noqa: F401 (fixtures)
 from tests.support.service import StartService, serving
 
 
@@ -31,7 +32,8 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
 
 
 # Test modules that start a sandboxed Asterisk of their own (not the shared fixture).
-OWN_SANDBOX = frozenset({"test_quickstart.py", "test_restart.py", "test_rig.py"})
+OWN_SANDBOX = frozenset({"test_quickstart.py", "test_restart.py", "test_rig.py",
+                         "test_nodes_rig.py", "test_standby.py", "test_nodes_real.py"})
 
 
 @pytest.fixture(autouse=True)

@@ -1,8 +1,11 @@
-"""SqliteStore: round trip, append-only history, schema versioning, group commit."""
+"""The store, both back-ends (SqliteStore, PgStore): round trip, append-only history,
+group commit, barriers, failures. SQLite's own concerns (pragmas, file modes, probe of
+paths, query plans) follow, SQLite only; PostgreSQL's own are in test_pgstore.py."""
 
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 import os
 import random
@@ -11,14 +14,20 @@ import stat
 import subprocess
 import threading
 import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass, field
 from pathlib import Path
 
+import asyncpg
 import pytest
 
 from ivr.domain import FakeClock, QueueEngine, QueuePolicy, State
+from ivr.pgstore import PgStore
 from ivr.store import MIGRATIONS, SqliteStore, StoreError, probe
 
 REPO = Path(__file__).resolve().parent.parent
+
+AnyStore = SqliteStore | PgStore
 
 
 def engine_and_clock() -> tuple[QueueEngine, FakeClock]:
@@ -26,9 +35,66 @@ def engine_and_clock() -> tuple[QueueEngine, FakeClock]:
     return QueueEngine([QueuePolicy("sales"), QueuePolicy("support")], clock), clock
 
 
-async def test_round_trip_open_items_in_order(tmp_path: Path) -> None:
+@dataclass
+class Backend:
+    """One back-end under test: ``open()`` opens (again) the same database; every store
+    it opened is closed at teardown. ``raw_error(sql)``: run ``sql`` on a connection of
+    its own, outside the store, and return the error it must fail with."""
+
+    name: str
+    opener: Callable[[], Awaitable[AnyStore]]
+    raw_error: Callable[[str], Awaitable[str]]
+    opened: list[AnyStore] = field(default_factory=list)
+
+    async def open(self) -> AnyStore:
+        store = await self.opener()
+        self.opened.append(store)
+        return store
+
+
+@pytest.fixture(params=["sqlite", "postgres"])
+async def backend(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[Backend]:
+    if request.param == "sqlite":
+        path = tmp_path / "ivr.db"
+
+        async def open_sqlite() -> AnyStore:
+            return await SqliteStore.open(path)
+
+        async def sqlite_error(sql: str) -> str:
+            conn = sqlite3.connect(path)
+            try:
+                with pytest.raises(sqlite3.Error) as info:
+                    conn.execute(sql)
+            finally:
+                conn.close()
+            return str(info.value)
+
+        b = Backend("sqlite", open_sqlite, sqlite_error)
+    else:
+        # Asked for here, not as a parameter: a SQLite-only run starts no PostgreSQL.
+        dsn: str = request.getfixturevalue("pg_dsn")
+
+        async def open_pg() -> AnyStore:
+            return await PgStore.open(dsn)
+
+        async def pg_error(sql: str) -> str:
+            conn = await asyncpg.connect(dsn)
+            try:
+                with pytest.raises(asyncpg.PostgresError) as info:
+                    await conn.execute(sql)
+            finally:
+                await conn.close()
+            return str(info.value)
+
+        b = Backend("postgres", open_pg, pg_error)
+    yield b
+    for store in b.opened:
+        await store.close()
+
+
+async def test_round_trip_open_items_in_order(backend: Backend) -> None:
     engine, clock = engine_and_clock()
-    store = await SqliteStore.open(tmp_path / "ivr.db")
+    store = await backend.open()
     try:
         a = engine.arrive("sales", channel_id="chan-1", number="0201")
         clock.advance(1)
@@ -61,17 +127,16 @@ async def test_round_trip_open_items_in_order(tmp_path: Path) -> None:
         await store.close()
 
 
-async def test_reopen_restores_engine(tmp_path: Path) -> None:
-    path = tmp_path / "ivr.db"
+async def test_reopen_restores_engine(backend: Backend) -> None:
     engine, clock = engine_and_clock()
-    store = await SqliteStore.open(path)
+    store = await backend.open()
     items = [engine.add_callback("sales", f"0201{i}") for i in range(5)]
     engine.dispatch({"a": ["sales"]})
     engine.dial_started(items[0].id, "a")
     await store.save(engine.drain_changes())
     await store.close()
 
-    store = await SqliteStore.open(path)
+    store = await backend.open()
     try:
         fresh, fresh_clock = engine_and_clock()
         fresh_clock.set(clock.now() + 10)
@@ -87,38 +152,19 @@ async def test_reopen_restores_engine(tmp_path: Path) -> None:
         await store.close()
 
 
-async def test_history_is_append_only(tmp_path: Path) -> None:
-    path = tmp_path / "ivr.db"
+async def test_history_is_append_only(backend: Backend) -> None:
     engine, _ = engine_and_clock()
-    store = await SqliteStore.open(path)
+    store = await backend.open()
     engine.add_callback("sales", "0201")
     await store.save(engine.drain_changes())
     await store.close()
-    conn = sqlite3.connect(path)
-    with pytest.raises(sqlite3.IntegrityError, match="append-only"):
-        conn.execute("UPDATE history SET event = 'x'")
-    with pytest.raises(sqlite3.IntegrityError, match="append-only"):
-        conn.execute("DELETE FROM history")
-    conn.close()
+    assert "append-only" in await backend.raw_error("UPDATE history SET event = 'x'")
+    assert "append-only" in await backend.raw_error("DELETE FROM history")
 
 
-async def test_schema_version_and_pragmas(tmp_path: Path) -> None:
-    path = tmp_path / "ivr.db"
-    store = await SqliteStore.open(path)
-    await store.close()
-    conn = sqlite3.connect(path)
-    assert conn.execute("PRAGMA user_version").fetchone()[0] == len(MIGRATIONS)
-    assert conn.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
-    conn.execute(f"PRAGMA user_version = {len(MIGRATIONS) + 1}")
-    conn.commit()
-    conn.close()
-    with pytest.raises(StoreError, match="newer"):
-        await SqliteStore.open(path)
-
-
-async def test_group_commit_batches_concurrent_saves(tmp_path: Path) -> None:
+async def test_group_commit_batches_concurrent_saves(backend: Backend) -> None:
     engine, _ = engine_and_clock()
-    store = await SqliteStore.open(tmp_path / "ivr.db")
+    store = await backend.open()
     try:
 
         async def one(i: int) -> str:
@@ -134,11 +180,11 @@ async def test_group_commit_batches_concurrent_saves(tmp_path: Path) -> None:
         await store.close()
 
 
-async def test_empty_save_is_a_barrier(tmp_path: Path) -> None:
+async def test_empty_save_is_a_barrier(backend: Backend) -> None:
     """A flow whose change was drained by another flow's save must still not resume
     before that change is durable: save([]) resolves after earlier saves commit."""
     engine, _ = engine_and_clock()
-    store = await SqliteStore.open(tmp_path / "ivr.db")
+    store = await backend.open()
     try:
         order: list[str] = []
         item = engine.add_callback("sales", "0201")
@@ -158,9 +204,9 @@ async def test_empty_save_is_a_barrier(tmp_path: Path) -> None:
         await store.close()
 
 
-async def test_save_does_not_block_the_event_loop(tmp_path: Path) -> None:
+async def test_save_does_not_block_the_event_loop(backend: Backend) -> None:
     engine, _ = engine_and_clock()
-    store = await SqliteStore.open(tmp_path / "ivr.db")
+    store = await backend.open()
     try:
         ticks = 0
         stop = asyncio.Event()
@@ -183,9 +229,9 @@ async def test_save_does_not_block_the_event_loop(tmp_path: Path) -> None:
         await store.close()
 
 
-async def test_failed_save_fails_only_its_caller(tmp_path: Path) -> None:
+async def test_failed_save_fails_only_its_caller(backend: Backend) -> None:
     engine, _ = engine_and_clock()
-    store = await SqliteStore.open(tmp_path / "ivr.db")
+    store = await backend.open()
     try:
         good = engine.add_callback("sales", "0201")
         bad = engine.add_callback("sales", "0202")
@@ -203,8 +249,8 @@ async def test_failed_save_fails_only_its_caller(tmp_path: Path) -> None:
         await store.close()
 
 
-async def test_closed_store_refuses(tmp_path: Path) -> None:
-    store = await SqliteStore.open(tmp_path / "ivr.db")
+async def test_closed_store_refuses(backend: Backend) -> None:
+    store = await backend.open()
     await store.close()
     await store.close()  # idempotent
     with pytest.raises(StoreError):
@@ -213,9 +259,9 @@ async def test_closed_store_refuses(tmp_path: Path) -> None:
         await store.load_open()
 
 
-async def test_cancelled_waiter_does_not_break_the_worker(tmp_path: Path) -> None:
+async def test_cancelled_waiter_does_not_break_the_worker(backend: Backend) -> None:
     engine, _ = engine_and_clock()
-    store = await SqliteStore.open(tmp_path / "ivr.db")
+    store = await backend.open()
     try:
         engine.add_callback("sales", "0201")
         task = asyncio.create_task(store.save(engine.drain_changes()))
@@ -230,6 +276,91 @@ async def test_cancelled_waiter_does_not_break_the_worker(tmp_path: Path) -> Non
         assert len(await store.load_open()) == 2  # the cancelled save still committed
     finally:
         await store.close()
+
+
+async def test_every_field_round_trips_exactly(backend: Backend) -> None:
+    """Floats come back bit for bit (PostgreSQL: double precision), and every column,
+    the newer ones (language, node) included, makes the trip."""
+    engine, clock = engine_and_clock()
+    clock.advance(0.123456789)
+    store = await backend.open()
+    live = engine.arrive("sales", channel_id="chan-1", number="+12015550123",
+                         language="fr", node="asterisk-b")
+    cb = engine.add_callback("support", "+12015550124")
+    engine.dispatch({"agent-1": ["support"]})
+    engine.offer_declined(cb.id, "agent-1")
+    live.predicted_wait = 0.1 + 0.2
+    cb.next_eligible_at = 1e-300
+    cb.expires_at = 1.7976931348623157e308
+    cb.attempts = 3
+    await store.save(engine.drain_changes())
+    for item in (live, cb):
+        loaded = await store.load(item.id)
+        assert loaded is not None
+        # WorkItem compares by identity: compare every field (history included); float
+        # == is exact, bit for bit here.
+        assert dataclasses.astuple(loaded) == dataclasses.astuple(item)
+    assert [i.id for i in await store.load_open()] == [live.id, cb.id]
+
+
+async def test_funnel_and_recent_callbacks(backend: Backend) -> None:
+    engine, clock = engine_and_clock()
+    store = await backend.open()
+    done, cancelled, still_open = (engine.add_callback("sales", f"+1201555012{i}")
+                                   for i in range(3))
+    engine.dispatch({"a": ["sales"]})
+    engine.dial_started(done.id, "a")
+    clock.advance(5)
+    engine.callback_connected(done.id)
+    clock.advance(5)
+    engine.cancel(cancelled.id)
+    gone = engine.arrive("support", channel_id="c", number=None)
+    engine.abandon(gone.id)
+    await store.save(engine.drain_changes())
+
+    funnel = await store.funnel(0.0)
+    assert funnel["sales"]["callback_requested"] == 3
+    assert funnel["sales"]["dial_started"] == 1
+    assert funnel["sales"]["callback_connected"] == 1
+    assert funnel["sales"]["cancelled"] == 1
+    assert "support" not in funnel  # "arrived"/"abandoned" are not funnel events
+    assert await store.funnel(clock.now() + 1) == {}
+
+    recent = await store.recent_callbacks(10)
+    assert [i.id for i in recent] == [cancelled.id, done.id]  # latest closed first
+    assert [h.event for h in recent[1].history] == [h.event for h in done.history]
+    assert [i.id for i in await store.recent_callbacks(1)] == [cancelled.id]
+    assert [i.id for i in await store.load_open()] == [still_open.id]
+
+
+async def test_closed_item_saved_again_keeps_its_history(backend: Backend) -> None:
+    """A closed item is forgotten by the history bookkeeping: saving it again resends
+    all its history, which must be ignored, not refused (append-only)."""
+    engine, _ = engine_and_clock()
+    store = await backend.open()
+    item = engine.add_callback("sales", "+12015550123")
+    engine.cancel(item.id)
+    await store.save(engine.drain_changes())
+    await store.save([item])
+    loaded = await store.load(item.id)
+    assert loaded is not None and loaded.history == item.history
+
+
+# --------------------------------------------------------------------------- SQLite only
+
+
+async def test_schema_version_and_pragmas(tmp_path: Path) -> None:
+    path = tmp_path / "ivr.db"
+    store = await SqliteStore.open(path)
+    await store.close()
+    conn = sqlite3.connect(path)
+    assert conn.execute("PRAGMA user_version").fetchone()[0] == len(MIGRATIONS)
+    assert conn.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+    conn.execute(f"PRAGMA user_version = {len(MIGRATIONS) + 1}")
+    conn.commit()
+    conn.close()
+    with pytest.raises(StoreError, match="newer"):
+        await SqliteStore.open(path)
 
 
 async def test_queries_use_the_indexes(tmp_path: Path) -> None:
