@@ -17,7 +17,13 @@ line is missing (so the repository files stay directly deployable):
 * agents ``agent1..agentN`` with a static contact ``sip:agentN@127.0.0.1:<port>``
   (``qualify_frequency=0``) and one ``regagent`` that registers with a password;
 * with ``test_dids``: ``exten => _7XXX,1,Stasis(<app>,q${EXTEN})`` in ``from-carrier``,
-  so each test can dial its own DID 7xxx and land in queue ``q7xxx``.
+  so each test can dial its own DID 7xxx and land in queue ``q7xxx``;
+* as a node of several (``node_name``, ``peers``; ``start_nodes()`` starts a set of them
+  that know each other): ``pjsip_nodes.conf`` as an operator writes it from
+  ``pjsip_nodes.conf.example``, one trunk endpoint ``node-<peer>`` per peer node
+  (identified by the From user ``node-<self>``, authenticated with a password the
+  nodes share), so an agent of node b is dialled from node a as
+  ``PJSIP/<agent>@node-b`` (``AsteriskInstance.trunk_dial``).
 
 Stdlib only: it runs before the project's dependencies are installed.
 """
@@ -31,6 +37,7 @@ import ctypes
 import json
 import os
 import random
+import re
 import secrets
 import shutil
 import signal
@@ -41,7 +48,7 @@ import threading
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
@@ -60,6 +67,22 @@ MMDEBSTRAP_PACKAGES = "asterisk,asterisk-core-sounds-en,asterisk-moh-opsound-wav
 
 class SandboxError(RuntimeError):
     """Provisioning or running the sandboxed Asterisk failed."""
+
+
+#: a node's name: as the IVR's config accepts it (asterisk.nodes), fit for an endpoint name
+NODE_NAME = re.compile(r"[a-z0-9][a-z0-9_-]{0,31}")
+
+
+def node_endpoint(name: str) -> str:
+    """The trunk endpoint (and aor, auth) every other node has for node ``name``, and
+    the From user that node sends (asterisk-config/pjsip_nodes.conf.example)."""
+    return f"node-{name}"
+
+
+def _pair_user(x: str, y: str) -> str:
+    # Both nodes of a pair must derive the same auth username: order-independent.
+    lo, hi = sorted((x, y))
+    return f"nodes-{lo}-{hi}"
 
 
 # ------------------------------------------------------------------ provisioning
@@ -248,6 +271,12 @@ class AsteriskInstance:
     #: quick start only: a registering account (context from-carrier) to play the caller,
     #: presenting DEMO_CALLER_NUMBER
     caller_password: str = ""
+    #: as one node of several (``start_nodes``): its name, "" when it stands alone
+    node_name: str = ""
+    #: the other nodes it has a trunk to: name -> (SIP host, SIP port)
+    peers: dict[str, tuple[str, int]] = field(default_factory=dict)
+    #: the password every trunk between the nodes of one ``start_nodes`` shares
+    trunk_password: str = ""
     pid: int | None = None
     _proc: subprocess.Popen[bytes] | None = field(default=None, repr=False, compare=False)
 
@@ -267,6 +296,19 @@ class AsteriskInstance:
     @property
     def sip_uri_host(self) -> str:
         return f"127.0.0.1:{self.sip_port}"
+
+    def trunk_dial(self, peer: str) -> str:
+        """Dial string template with which node ``peer`` rings an agent of THIS node:
+        ``PJSIP/{agent}@node-<this node>`` (``{agent}``: the agent's endpoint name here),
+        what the IVR's config calls this node's ``trunk``. ``peer`` must be one of this
+        node's peers: only they are let in by the trunk."""
+        if not self.node_name:
+            raise SandboxError(f"instance {self.run_id} is not a node (start_nodes)")
+        if peer not in self.peers:
+            raise SandboxError(
+                f"node {self.node_name!r} has no trunk from {peer!r}; peers: {sorted(self.peers)}"
+            )
+        return f"PJSIP/{{agent}}@{node_endpoint(self.node_name)}"
 
     def auth_header(self) -> str:
         """``Authorization`` header value for ARI (basic auth, never ``?api_key=``)."""
@@ -401,6 +443,7 @@ class AsteriskInstance:
     def to_json(self) -> dict[str, object]:
         data = {f.name: getattr(self, f.name) for f in fields(self) if f.name != "_proc"}
         data["agent_ports"] = dict(self.agent_ports)
+        data["peers"] = {name: [host, port] for name, (host, port) in self.peers.items()}
         data["rootfs"] = str(self.rootfs)
         data["run_dir"] = str(self.run_dir)
         return data
@@ -411,6 +454,10 @@ class AsteriskInstance:
         d.pop("_proc", None)
         d["rootfs"] = Path(str(d["rootfs"]))
         d["run_dir"] = Path(str(d["run_dir"]))
+        peers = d.get("peers") or {}  # absent in state files written before nodes
+        if not isinstance(peers, dict):
+            raise SandboxError(f"peers: expected an object, got {peers!r}")
+        d["peers"] = {str(k): (str(v[0]), int(v[1])) for k, v in peers.items()}
         return cls(**d)  # type: ignore[arg-type]
 
 
@@ -462,7 +509,10 @@ def _render(inst: AsteriskInstance, config_src: Path, agents: Sequence[str]) -> 
     for sub in ("lib", "lib/keys", "spool", "run", "log", "log/cdr-csv", "cache"):
         (run / sub).mkdir(parents=True, exist_ok=True)
     lines = ["[directories]", *(f"{k} => {v}" for k, v in dirs.items())]
-    lines += ["", "[options]", "documentation_language = en_US", "systemname = ivr-sandbox"]
+    # The system name prefixes channels' unique ids: nodes started in the same second
+    # would otherwise hand out the same ones.
+    system = f"ivr-sandbox-{inst.node_name}" if inst.node_name else "ivr-sandbox"
+    lines += ["", "[options]", "documentation_language = en_US", f"systemname = {system}"]
     (etc / "asterisk.conf").write_text("\n".join(lines) + "\n")
 
     _edit(etc / "http.conf", ("bindport = 8088", f"bindport = {inst.http_port}"))
@@ -516,6 +566,8 @@ def _render(inst: AsteriskInstance, config_src: Path, agents: Sequence[str]) -> 
             "[caller](agent-aor)\nqualify_frequency = 0\n"
         )
     (etc / "pjsip_agents.conf").write_text("\n".join(agent_blocks))
+    if inst.node_name:
+        (etc / "pjsip_nodes.conf").write_text(_nodes_conf(inst, media))
 
     ext = etc / "extensions.conf"
     text = ext.read_text()
@@ -529,6 +581,23 @@ def _render(inst: AsteriskInstance, config_src: Path, agents: Sequence[str]) -> 
             f"exten => _7XXX,1,Stasis({inst.app_name},q${{EXTEN}})\n same => n,Hangup()\n"
         )
     ext.write_text(text)
+
+
+def _nodes_conf(inst: AsteriskInstance, media: str) -> str:
+    """pjsip_nodes.conf as pjsip_nodes.conf.example shows an operator to write it."""
+    blocks = [f"; rig/sandbox.py: node {inst.node_name!r} and its trunks to the other nodes\n"]
+    for peer, (host, port) in sorted(inst.peers.items()):
+        name = node_endpoint(peer)
+        blocks.append(
+            f"[{name}](node-trunk)\naors = {name}\nfrom_user = {node_endpoint(inst.node_name)}\n"
+            f"auth = {name}\noutbound_auth = {name}\n{media}\n"
+            f"[{name}](node-auth)\nusername = {_pair_user(inst.node_name, peer)}\n"
+            f"password = {inst.trunk_password}\n\n"
+            # Nodes start one after the other: a qualify OPTIONS to a peer not started yet
+            # would mark it unavailable until the next one, 30 s later.
+            f"[{name}](node-aor)\ncontact = sip:{host}:{port}\nqualify_frequency = 0\n"
+        )
+    return "\n".join(blocks)
 
 
 def start(
@@ -547,11 +616,30 @@ def start(
     timeout: float = START_TIMEOUT,
     detached: bool = False,
     rtp_ports: int = RTP_PORTS_PER_RUN,
+    node_name: str = "",
+    peers: Mapping[str, tuple[str, int]] | None = None,
+    trunk_password: str = "",
 ) -> AsteriskInstance:
     """Render a per-run config inside ``rootfs`` and start Asterisk on it.
 
     ``rtp_ports``: the size of this instance's RTP range (two ports per call); the
-    default suits tests, a load run needs about twice its concurrent calls."""
+    default suits tests, a load run needs about twice its concurrent calls.
+
+    ``node_name``, ``peers`` (name -> (SIP host, SIP port)), ``trunk_password``: start it
+    as one node of several, with a trunk to each peer; every peer must be started with
+    this node among its peers and the same ``trunk_password``. ``start_nodes`` does it
+    all (the ports of every node must be known before the first one starts)."""
+    peers = dict(peers or {})
+    if node_name or peers:
+        if not node_name:
+            raise SandboxError("peers need a node_name: the From user the peers know it by")
+        bad = [n for n in (node_name, *peers) if not NODE_NAME.fullmatch(n)]
+        if bad:
+            raise SandboxError(f"node names are lower-case letters, digits, _ -: not {bad}")
+        if node_name in peers:
+            raise SandboxError(f"node {node_name!r} cannot be its own peer")
+        if peers and not trunk_password:
+            raise SandboxError("a node with peers needs the trunk_password they share")
     if os.geteuid() != 0:
         raise SandboxError("running Asterisk in a chroot needs root")
     if not (rootfs / "usr/sbin/asterisk").exists():
@@ -586,6 +674,9 @@ def start(
         caller_password=secrets.token_hex(12) if demo_caller else "",
         prompts_dir=f"{run_c}/prompts",
         test_dids=test_dids,
+        node_name=node_name,
+        peers=peers,
+        trunk_password=trunk_password if peers else "",
     )
     try:
         _render(inst, config_src, agents)
@@ -597,6 +688,51 @@ def start(
         inst.stop()
         raise
     return inst
+
+
+def start_nodes(
+    rootfs: Path,
+    agents: Mapping[str, Sequence[str]],
+    *,
+    config_src: Path = Path("asterisk-config"),
+    prompts_src: Path = Path("prompts"),
+    app_name: str = "ivr",
+    test_dids: bool = True,
+    timeout: float = START_TIMEOUT,
+    rtp_ports: int = RTP_PORTS_PER_RUN,
+) -> dict[str, AsteriskInstance]:
+    """Start one node per key of ``agents`` (node name -> its agents' endpoint names),
+    each with a trunk to every other one: the way an operator runs several Asterisk
+    nodes behind one IVR. All on 127.0.0.1, each with its own SIP and ARI ports, ARI
+    credentials and RTP range; they share the Stasis app name (the IVR requires it) and
+    one trunk password. If one fails to start, those already started are stopped."""
+    if len(agents) < 2:
+        raise SandboxError("start_nodes needs at least two nodes")
+    # Every node's config names its peers' SIP ports: take them all before any start.
+    sip_ports = {name: free_port() for name in agents}
+    password = secrets.token_hex(16)
+    started: dict[str, AsteriskInstance] = {}
+    try:
+        for name, node_agents in agents.items():
+            started[name] = start(
+                rootfs,
+                config_src=config_src,
+                prompts_src=prompts_src,
+                app_name=app_name,
+                agents=node_agents,
+                test_dids=test_dids,
+                sip_port=sip_ports[name],
+                timeout=timeout,
+                rtp_ports=rtp_ports,
+                node_name=name,
+                peers={p: ("127.0.0.1", port) for p, port in sip_ports.items() if p != name},
+                trunk_password=password,
+            )
+    except BaseException:
+        for inst in started.values():
+            inst.stop()
+        raise
+    return started
 
 
 # ------------------------------------------------------------------ CLI

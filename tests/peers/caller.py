@@ -52,7 +52,8 @@ class SipCaller:
     answer; ``None``: wait for Asterisk's BYE up to ``max_duration`` (then we hang
     up). ``send_info_at``: a SIP INFO ``application/dtmf-relay`` (``info_digit``) at
     that time — Asterisk must answer it (anything else is an unexpected message that
-    aborts sipp's call). Not answered within ``max_duration`` → CANCEL.
+    aborts sipp's call). Not answered within ``max_duration`` → CANCEL. ``host``: the
+    address it sends from, the carrier's unless told (Asterisk knows the carrier by it).
     """
 
     def __init__(
@@ -68,6 +69,7 @@ class SipCaller:
         send_info_at: float | None = None,
         info_digit: str = "1",
         infos: Sequence[tuple[float, str]] = (),
+        host: str | None = None,
     ) -> None:
         self.instance = instance
         self.did = did
@@ -76,7 +78,7 @@ class SipCaller:
         #: where the INVITE goes (Asterisk's SIP port; a subclass may aim elsewhere)
         self.target = f"127.0.0.1:{instance.sip_port}"
         self._sipp = SippProcess(f"caller-{did}")
-        host = instance.carrier_host
+        self.host = host = host or instance.carrier_host
         self.local_port = free_port(host)
         self.media_port = media_port(host)
         if caller is None:
@@ -139,8 +141,7 @@ class SipCaller:
 
     def start(self) -> None:
         """Start the call (returns at once)."""
-        inst = self.instance
-        host = inst.carrier_host
+        host = self.host
         self._sipp.start(
             [
                 self.target,

@@ -2,6 +2,7 @@
 never from one another).
 
 * ``asterisk``  — start/finish a sandboxed Asterisk 22 (the shared one and a test's own).
+* ``nodes``     — several sandboxed nodes with SIP trunks between them; an ARI app each.
 * ``config``    — the service's config file pointed at the sandbox; queue and agent bits.
 * ``service``   — the service in-process (the ``service`` fixture) or as a subprocess.
 * ``observer``  — the independent ARI observer (a second app, ``subscribeAll``).
