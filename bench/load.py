@@ -256,6 +256,17 @@ class Sipp:
                     counts[word] = counts.get(word, 0) + 1
         return counts
 
+    def response_times_ms(self) -> list[float]:
+        """The scenario's measured response times (``start_rtd``/``rtd``, ``-trace_rtt``):
+        for the callers, INVITE to 200 OK, one per answered call."""
+        out: list[float] = []
+        for path in self.dir.glob("*_rtt.csv"):
+            for line in path.read_text(errors="replace").splitlines()[1:]:
+                fields = line.split(";")
+                with contextlib.suppress(ValueError, IndexError):
+                    out.append(float(fields[1]))
+        return out
+
     def failed_calls(self) -> int:
         """sipp's own count of failed calls (unexpected messages, timeouts)."""
         try:
@@ -291,6 +302,7 @@ def start_callers(inst: AsteriskInstance, n: int, plan: Plan, workdir: Path) -> 
         f"127.0.0.1:{inst.sip_port}", "-sf", str(scenario), "-inf", str(inf), "-s", DID,
         "-i", host, "-p", str(free_port(host)), "-mi", host, "-mp", str(media_port(host)),
         "-rtp_echo", "-m", str(n), "-l", str(n + 10), "-r", f"{plan.rate:g}", "-rp", "1000",
+        "-trace_rtt", "-rtt_freq", "1",
         "-timeout", f"{int(plan.callers_phase(n))}s", "-timeout_error",
         "-max_socket", "20000",
     ])
@@ -439,6 +451,9 @@ class RunResult:
     asterisk_cpu_s: float = 0.0
     app_hwm_mb: float = 0.0
     dtmf_to_playback: Dist = field(default_factory=Dist)  # Asterisk's clock
+    #: INVITE -> 200 OK as the callers (sipp) measured it, and the slowest
+    answer: Dist = field(default_factory=Dist)
+    answer_max_ms: float = float("nan")
     press_to_play: Dist = field(default_factory=Dist)  # the app's clock
     accepted: int = 0
     accept_to_dial: Dist = field(default_factory=Dist)
@@ -625,9 +640,12 @@ def py_spy() -> str:
 
 
 def start_profiler(pid: int, out: Path) -> subprocess.Popen[bytes]:
-    """py-spy sampling ``pid`` at 50 Hz (collapsed stacks), until SIGINT."""
+    """py-spy sampling ``pid`` at 50 Hz (collapsed stacks), until SIGINT. ``--gil``: only
+    samples of the thread holding the GIL, i.e. running Python code, so the shares are
+    CPU; without it a thread waiting for the GIL (behind the store writer, say) counts
+    as busy wherever it waits."""
     return subprocess.Popen(
-        [py_spy(), "record", "--rate", "50", "--format", "raw", "--threads",
+        [py_spy(), "record", "--rate", "50", "--format", "raw", "--threads", "--gil",
          "--nonblocking", "-o", str(out), "--pid", str(pid)],
         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
 
@@ -703,12 +721,16 @@ async def run_one(app_name: str, n: int, plan: Plan, rootfs: Path, workdir: Path
         res.completed = tags.get("HELD", 0) + tags.get("CONFIRMED", 0)
         res.lost = n - res.completed
         res.peak_callers = observer.peak
+        answers = callers.response_times_ms()
+        res.answer = Dist.of_ms(answers, "sipp, INVITE to 200 OK")
+        res.answer_max_ms = max(answers, default=float("nan"))
         lat, res.presses, res.confirmations = observer.dtmf_to_confirmation_ms()
         res.dtmf_to_playback = Dist.of_ms(lat, "Asterisk event timestamps")
         say(f"{tag} callers done in {res.window_s:.0f}s: {res.completed} completed, "
             f"{res.lost} lost {tags}; app CPU {res.app_cpu_s:.2f}s {res.threads}, Asterisk "
             f"{res.asterisk_cpu_s:.2f}s; DTMF->PlaybackStarted p50/p95/p99 "
-            f"{res.dtmf_to_playback.text()} ms")
+            f"{res.dtmf_to_playback.text()} ms; answered (INVITE->200 OK) p50/p95/p99 "
+            f"{res.answer.text()}, max {res.answer_max_ms:.0f} ms")
         if isinstance(app, Ivr):
             res.press_to_play = histogram_dist(await app.metrics(),
                                                "ivr_dtmf_to_confirmation_seconds")
@@ -739,6 +761,9 @@ async def run_one(app_name: str, n: int, plan: Plan, rootfs: Path, workdir: Path
         for p in peers:
             p.stop()
         await observer.close()
+        # Asterisk's own warnings (taskprocessor overload, ...) stay with the run's logs.
+        with contextlib.suppress(OSError):
+            shutil.copy(inst.messages_log, workdir / "asterisk-messages.log")
         inst.remove()
         sandbox.release_rtp_range(inst.rtp_start, inst.rtp_end)
     return res
@@ -817,6 +842,22 @@ def report(results: list[RunResult], plan: Plan, info: dict[str, str], elapsed: 
             f"| {n} | {verdict(o.lost == 0)} ({o.lost}) | {cpu} {verdict(cpu_ok)} "
             f"| {o.app_share:.1%} {verdict(o.app_share <= 0.10)} | {p99} {verdict(p99_ok)} "
             f"| {p50} | {o.app_hwm_mb:.0f} MB {verdict(o.app_hwm_mb <= 100)} |")
+    lines += [
+        "",
+        "## Answer time as the callers see it (INVITE → 200 OK, sipp)",
+        "",
+        "A caller whose call is not answered within 30 s gives up (NOANSWER, counted lost).",
+        "",
+        "| N | app | answered | p50 / p95 / p99 ms | slowest ms | not answered in 30 s |",
+        "|---|---|---|---|---|---|",
+    ]
+    for n in sizes:
+        for app in ("bare", "ivr"):
+            r = by.get((app, n))
+            if r is None:
+                continue
+            lines.append(f"| {n} | {app} | {r.answer.n} | {r.answer.text()} "
+                         f"| {r.answer_max_ms:.0f} | {r.outcomes.get('NOANSWER', 0)} |")
     split = [f"N={n}: " + ", ".join(f"{k} {v:.2f} s" for k, v in sorted(
         by[("ivr", n)].threads.items(), key=lambda kv: -kv[1]) if v >= 0.01)
         for n in sizes if ("ivr", n) in by and by[("ivr", n)].threads]

@@ -63,6 +63,13 @@ class AriUnavailable(AriError):
     """Asterisk did not answer (connection refused, timeout) or answered 5xx."""
 
 
+class AriTimeout(AriUnavailable):
+    """Asterisk took the request but gave no answer in time (the request timeout ran
+    out, or it closed the connection without answering). Unlike a refusal or a 5xx the
+    outcome is unknown: a saturated Asterisk queues channel commands and may still carry
+    this one out, seconds later."""
+
+
 def _error_for(method: str, path: str, status: int, reason: str) -> AriError:
     if status == 404:
         return AriNotFound(method, path, status, reason)
@@ -463,6 +470,9 @@ def _q(segment: str) -> str:
     return quote(segment, safe="")
 
 
+#: ``settled`` of a patient command (``AriClient._patiently``): its outcome not visible yet
+_PENDING = object()
+
 EventHandler = Callable[[Event], None]
 ConnectHandler = Callable[[bool], Awaitable[None]]
 
@@ -476,6 +486,11 @@ class AriClient:
 
     Events are delivered to a synchronous handler in websocket order. The handler must not
     block: flows queue events per channel and act on them in their own tasks.
+
+    REST: ``request_timeout`` is how long a sent request may go unanswered. The channel
+    commands (answer, music, ring, playback, hang-up) are patient: a timeout is checked
+    and the command sent again for up to ``patience`` seconds (``_patiently``), because
+    a saturated Asterisk carries them out late rather than not at all.
     """
 
     def __init__(
@@ -488,6 +503,7 @@ class AriClient:
         session: aiohttp.ClientSession | None = None,
         heartbeat: float = 5.0,
         request_timeout: float = 10.0,
+        patience: float = 60.0,
         backoff_initial: float = 0.25,
         backoff_max: float = 10.0,
         subscribe_all: bool = False,
@@ -500,7 +516,15 @@ class AriClient:
         self._own_session = session is None
         self._session = session
         self._heartbeat = heartbeat
-        self._timeout = aiohttp.ClientTimeout(total=request_timeout)
+        # The timeout runs from the moment the request is sent: time spent waiting for a
+        # free connection of our own pool is not Asterisk being slow, and a request
+        # that never left cannot have failed.
+        self._timeout = aiohttp.ClientTimeout(total=None, sock_connect=request_timeout,
+                                              sock_read=request_timeout)
+        self._request_timeout = request_timeout
+        #: how long a channel command whose answer timed out is checked and sent again
+        #: before it counts as failed (0: fail at the first timeout)
+        self.patience = patience
         self._backoff_initial = backoff_initial
         self._backoff_max = backoff_max
         self._subscribe_all = subscribe_all
@@ -557,7 +581,9 @@ class AriClient:
                     return None
                 body = await resp.read()
                 status = resp.status
-        except (aiohttp.ClientError, TimeoutError, OSError) as exc:
+        except (TimeoutError, aiohttp.ServerDisconnectedError) as exc:
+            raise AriTimeout(method, path, 0, str(exc) or type(exc).__name__) from exc
+        except (aiohttp.ClientError, OSError) as exc:
             raise AriUnavailable(method, path, 0, str(exc) or type(exc).__name__) from exc
         if not body.strip():
             return None
@@ -566,6 +592,60 @@ class AriClient:
         except (ValueError, RecursionError):
             # Asterisk answered, but not with JSON we can read: as good as no answer.
             raise AriUnavailable(method, path, status, "malformed JSON body") from None
+
+    async def _patiently(
+        self,
+        method: str,
+        path: str,
+        settled: Callable[[], Awaitable[Any]],
+        params: Mapping[str, str | int | float] | None = None,
+        *,
+        removal: bool = False,
+    ) -> Any:
+        """A channel command that is safe to send twice (answer, music, ring, hang-up,
+        a playback with our own id). A timeout leaves its outcome unknown: a saturated
+        Asterisk runs channel commands late, and failing the command would make the
+        flow drop a caller whose channel is fine. So instead ask Asterisk how things
+        stand (``settled``: a GET, which Asterisk serves without waiting for the
+        channel) and, not done yet, send the command again; each attempt waits one
+        request timeout, so this paces itself. Only after ``patience`` seconds of this
+        does the timeout count as a failure (``AriTimeout``).
+
+        ``settled`` returns ``_PENDING`` while the outcome is not visible, else the
+        command's result; a gone channel raises ``AriNotFound`` from it, as the command
+        itself would. ``removal`` (a hang-up, a playback stop): a 404 to a repeat is the
+        first attempt having done it, not an error."""
+        deadline = time.monotonic() + self.patience
+        attempt = 1
+        while True:
+            try:
+                return await self.request(method, path, params=params)
+            except AriNotFound:
+                if removal and attempt > 1:
+                    return None
+                raise
+            except AriTimeout as exc:
+                if time.monotonic() >= deadline:
+                    log.error("ARI %s %s: no answer after %d attempt(s) in %.0fs; giving up",
+                              method, path, attempt, self.patience)
+                    raise
+                log.warning("ARI %s %s: no answer within %gs (%s); checking before "
+                            "sending it again", method, path, self._request_timeout,
+                            exc.reason)
+            try:
+                result = await settled()
+            except AriTimeout:
+                result = _PENDING  # still nothing known: send again (or give up)
+            if result is not _PENDING:
+                log.info("ARI %s %s: done after all (attempt %d)", method, path, attempt)
+                return result
+            attempt += 1
+
+    async def _channel_present(self, channel_id: str) -> object:
+        """``settled`` for a command with no visible outcome (music, ring): the channel
+        is there (send the command again) or gone (``AriNotFound``)."""
+        await self.get_channel(channel_id)
+        return _PENDING
 
     # ---- events
 
@@ -676,25 +756,41 @@ class AriClient:
     async def get_channel(self, channel_id: str) -> Channel:
         return Channel.from_json(await self.request("GET", f"/channels/{_q(channel_id)}"))
 
+    # Channel commands are patient (``_patiently``): a timeout is checked, not failed.
+
     async def answer(self, channel_id: str) -> None:
-        await self.request("POST", f"/channels/{_q(channel_id)}/answer")
+        async def up() -> object:
+            return None if (await self.get_channel(channel_id)).state == "Up" else _PENDING
+
+        await self._patiently("POST", f"/channels/{_q(channel_id)}/answer", up)
 
     async def hangup(self, channel_id: str, reason: str = "normal") -> None:
-        await self.request("DELETE", f"/channels/{_q(channel_id)}", params={"reason": reason})
+        async def gone() -> object:
+            try:
+                await self.get_channel(channel_id)
+            except AriNotFound:
+                return None
+            return _PENDING
+
+        await self._patiently("DELETE", f"/channels/{_q(channel_id)}", gone,
+                              params={"reason": reason}, removal=True)
 
     async def start_moh(self, channel_id: str, moh_class: str = "default") -> None:
-        await self.request(
-            "POST", f"/channels/{_q(channel_id)}/moh", params={"mohClass": moh_class}
-        )
+        await self._patiently("POST", f"/channels/{_q(channel_id)}/moh",
+                              lambda: self._channel_present(channel_id),
+                              params={"mohClass": moh_class})
 
     async def stop_moh(self, channel_id: str) -> None:
-        await self.request("DELETE", f"/channels/{_q(channel_id)}/moh")
+        await self._patiently("DELETE", f"/channels/{_q(channel_id)}/moh",
+                              lambda: self._channel_present(channel_id))
 
     async def start_ringing(self, channel_id: str) -> None:
-        await self.request("POST", f"/channels/{_q(channel_id)}/ring")
+        await self._patiently("POST", f"/channels/{_q(channel_id)}/ring",
+                              lambda: self._channel_present(channel_id))
 
     async def stop_ringing(self, channel_id: str) -> None:
-        await self.request("DELETE", f"/channels/{_q(channel_id)}/ring")
+        await self._patiently("DELETE", f"/channels/{_q(channel_id)}/ring",
+                              lambda: self._channel_present(channel_id))
 
     async def play(
         self,
@@ -708,14 +804,36 @@ class AriClient:
         params: dict[str, str | int | float] = {"media": ",".join(uris)}
         if lang:
             params["lang"] = lang
-        if playback_id:
-            path = f"/channels/{_q(channel_id)}/play/{_q(playback_id)}"
-        else:
+        if not playback_id:
+            # Asterisk picks the id: nothing to check a timeout against.
             path = f"/channels/{_q(channel_id)}/play"
-        return Playback.from_json(await self.request("POST", path, params=params))
+            return Playback.from_json(await self.request("POST", path, params=params))
+        pid = playback_id
+
+        async def exists() -> object:
+            # Created: its events come as usual. Not there: sent again with the same id
+            # once the channel is known to be there. (Asterisk does not refuse a second
+            # playback with the same id: if the first one was created late and already
+            # played to its end, the caller hears it twice; better than a lost caller.)
+            try:
+                found: object = await self.request("GET", f"/playbacks/{_q(pid)}")
+            except AriNotFound:
+                return await self._channel_present(channel_id)
+            return found
+
+        path = f"/channels/{_q(channel_id)}/play/{_q(pid)}"
+        return Playback.from_json(await self._patiently("POST", path, exists, params=params))
 
     async def stop_playback(self, playback_id: str) -> None:
-        await self.request("DELETE", f"/playbacks/{_q(playback_id)}")
+        async def stopped() -> object:
+            try:
+                await self.request("GET", f"/playbacks/{_q(playback_id)}")
+            except AriNotFound:
+                return None
+            return _PENDING
+
+        await self._patiently("DELETE", f"/playbacks/{_q(playback_id)}", stopped,
+                              removal=True)
 
     async def originate(
         self,

@@ -138,7 +138,8 @@ class Fault:
     """An injected answer for requests matching ``method`` and the ``pattern`` glob:
     wait ``delay`` seconds, then answer ``status`` with ``body`` (a raw text; default a
     JSON ``{"message": ...}`` like Asterisk's), or, with ``status=None``, go on with the
-    normal answer. ``times``: how many requests it applies to (None: all)."""
+    normal answer. ``times``: how many requests it applies to (None: all). ``gate``
+    (``FakeAri.hold``): wait until ``release()`` instead of a delay."""
 
     method: str
     pattern: str
@@ -147,6 +148,12 @@ class Fault:
     body: str | None = None
     times: int | None = None
     hits: int = 0
+    gate: asyncio.Event | None = None
+
+    def release(self) -> None:
+        """Let the requests held by this fault (and any later ones) through."""
+        if self.gate is not None:
+            self.gate.set()
 
     def matches(self, method: str, path: str) -> bool:
         if self.times is not None and self.hits >= self.times:
@@ -260,8 +267,9 @@ class FakeAri:
 
     def client(self, **kw: Any) -> AriClient:
         """A real ``AriClient`` for this fake, with test-sized timings (override any:
-        ``heartbeat``, ``request_timeout``, ``backoff_initial``, ``backoff_max``)."""
-        opts: dict[str, Any] = {"heartbeat": 1.0, "request_timeout": 0.5,
+        ``heartbeat``, ``request_timeout``, ``patience``, ``backoff_initial``,
+        ``backoff_max``)."""
+        opts: dict[str, Any] = {"heartbeat": 1.0, "request_timeout": 0.5, "patience": 1.0,
                                 "backoff_initial": 0.05, "backoff_max": 0.2}
         opts.update(kw)
         return AriClient(self.url, self.user, self.password, self.app, **opts)
@@ -294,6 +302,14 @@ class FakeAri:
         """Hold matching requests ``seconds`` before the normal answer (a client with a
         shorter timeout sees a timeout)."""
         fault = Fault(method, pattern, None, seconds, None, times)
+        self.faults.append(fault)
+        return fault
+
+    def hold(self, method: str, pattern: str, *, times: int | None = None) -> Fault:
+        """Hold matching requests until ``fault.release()``, then give the normal answer
+        (and its effect: a held answer answers the channel then): Asterisk carrying out a
+        command long after the client stopped waiting for it, as late as the test says."""
+        fault = Fault(method, pattern, None, 0.0, None, times, gate=asyncio.Event())
         self.faults.append(fault)
         return fault
 
@@ -545,6 +561,8 @@ class FakeAri:
         for fault in self.faults:
             if fault.matches(rec.method, rec.path):
                 fault.hits += 1
+                if fault.gate is not None:
+                    await self._until(fault.gate)
                 if fault.delay:
                     # A stall ends early when the fake closes, so teardown never waits.
                     with contextlib.suppress(TimeoutError):
@@ -560,6 +578,15 @@ class FakeAri:
             return self._route(rec)
         except _NotFound as exc:
             return web.json_response({"message": str(exc)}, status=404)
+
+    async def _until(self, gate: asyncio.Event) -> None:
+        """Until ``gate`` is set, or the fake closes (so teardown never waits)."""
+        waits = [asyncio.ensure_future(gate.wait()), asyncio.ensure_future(self._closing.wait())]
+        try:
+            await asyncio.wait(waits, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            for w in waits:
+                w.cancel()
 
     async def _events(self, request: web.Request) -> web.StreamResponse:
         if request.query.get("app") != self.app:
@@ -612,6 +639,10 @@ class FakeAri:
                 pid = s[3] if n == 4 else uuid.uuid4().hex
                 return self._play(cid, pid, q.get("media", ""))
             raise _NotFound("Resource not found")
+        if s[:1] == ("playbacks",) and n == 2 and m == "GET":
+            if s[1] not in self.playbacks:
+                raise _NotFound("Playback not found")
+            return web.json_response(self._playback_json(self.playbacks[s[1]]))
         if s[:1] == ("playbacks",) and n == 2 and m == "DELETE":
             pb = self.playbacks.pop(s[1], None)
             if pb is None:
@@ -805,20 +836,22 @@ async def service_on(
     token: str | None = "t0ken-for-tests",
     restart_backoff: float = 0.3,
     http_extra: Mapping[str, Any] | None = None,
+    ari: Mapping[str, Any] | None = None,
     **cfg_kw: Any,
 ) -> AsyncIterator[tuple[Service, str]]:
     """``ivr.app.Service`` on the fake (a ``fake.client()`` with a 0.4 s request timeout)
     and its HTTP API on a free port; yields the service and the API base URL.
     ``token=None``: no token configured (the service keeps one in ``api-token``).
-    ``http_extra``: more ``http:`` keys. ``cfg_kw`` go to ``fake_config`` (``queues=``,
-    ``agents=``, top-level keys)."""
+    ``http_extra``: more ``http:`` keys. ``ari``: ``fake.client`` options instead
+    (``patience=``). ``cfg_kw`` go to ``fake_config`` (``queues=``, ``agents=``,
+    top-level keys)."""
     port = free_port(udp=False)
     http: dict[str, Any] = {"bind": "127.0.0.1", "port": port}
     if token is not None:
         http["api_token"] = token
     http.update(http_extra or {})
     cfg = fake_config(fake, tmp_path, http=http, **cfg_kw)
-    svc = Service(cfg, ari=fake.client(request_timeout=0.4))
+    svc = Service(cfg, ari=fake.client(**{"request_timeout": 0.4, **(ari or {})}))
     svc.restart_backoff_initial = restart_backoff
     svc.restart_backoff_max = restart_backoff
     try:

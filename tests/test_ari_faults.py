@@ -341,7 +341,8 @@ async def test_server_drop_and_refusal_reconnect(fake: FakeAri) -> None:
 
 
 async def test_rest_faults_are_typed_errors(fake: FakeAri) -> None:
-    client = fake.client(request_timeout=0.3)
+    # No patience: a timeout fails at once (``tests/test_ari_late.py``: with patience).
+    client = fake.client(request_timeout=0.3, patience=0)
     try:
         chan = await fake.caller_enters("support", CALLER)
         fake.fail("POST", "/channels/*/answer", 500, times=1)
@@ -351,7 +352,7 @@ async def test_rest_faults_are_typed_errors(fake: FakeAri) -> None:
         await client.answer(chan)  # the fault was for one request only
         fake.stall("POST", "/channels/*/moh", 2.0, times=1)
         t0 = time.monotonic()
-        with pytest.raises(ari.AriUnavailable) as slow:
+        with pytest.raises(ari.AriTimeout) as slow:
             await client.start_moh(chan)
         assert slow.value.status == 0 and time.monotonic() - t0 < 1.5
         with pytest.raises(ari.AriNotFound):
@@ -493,7 +494,8 @@ async def test_service_survives_malformed_and_recorded_events(
                 await fake.send_raw(json.dumps(ev))
         second = await fake.caller_enters("support", "2015550123")
         await answered_and_queued(fake, svc, second)
-        assert await health(base) == (200, {"ok": True, "ari_connected": True,
+        assert await health(base) == (200, {"ok": True, "role": "active",
+                                             "ari_connected": True,
                                              "events_task_alive": True})
         assert svc.event_task_restarts == 0 and svc.ari.reconnects == 0
         assert len(channel_items(svc, first)) == 1
@@ -551,17 +553,18 @@ async def test_service_tolerates_events_out_of_order(fake: FakeAri, tmp_path: Pa
 async def test_ari_errors_on_a_callers_calls(
     fake: FakeAri, tmp_path: Path, method: str, call: str, fault: str
 ) -> None:
-    """Asterisk answers 500 (or nothing in time) on one caller's answer, music or
-    offer: the service survives, that caller is hung up rather than left in silence,
-    its work item does not stay open (it would hold a place for nobody), and the
-    next callers are answered and queued."""
+    """Asterisk answers 500 (or nothing at all, for longer than the client's patience:
+    a late answer is checked and asked again, ``tests/test_ari_late.py``) on one
+    caller's answer, music or offer: the service survives, that caller is hung up
+    rather than left in silence, its work item does not stay open (it would hold a
+    place for nobody), and the next callers are answered and queued."""
     async with service_on(fake, tmp_path) as (svc, base):
         victim = fake.new_channel_id()
         pattern = f"/channels/{victim}/{call}"
         if fault == "500":
             fake.fail(method, pattern, 500)
         else:
-            fake.stall(method, pattern, 3.0)
+            fake.hold(method, pattern)  # never released
         # Valid US numbers: the number guard lets both be offered a callback.
         await fake.caller_enters("support", "2015550122", channel_id=victim)
         # A second caller puts the queue in overflow (max_waiting 1): offers are played.
