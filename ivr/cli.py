@@ -33,7 +33,8 @@ def _bad(message: str) -> int:
 
 
 def _store_error(cfg: config_mod.Config, reason: str) -> str:
-    return str(config_mod.ConfigError(reason, "store.path", cfg.line_of("store.path")))
+    key = "store.url" if cfg.store_url else "store.path"
+    return str(config_mod.ConfigError(reason, key, cfg.line_of(key)))
 
 
 def _hash_password() -> int:
@@ -72,19 +73,30 @@ def main(argv: Sequence[str] | None = None) -> int:
         cfg = config_mod.load(args.config)
     except config_mod.ConfigError as exc:
         return _bad(str(exc))
-    reason = store_mod.probe(cfg.store_path)
+    if cfg.store_url:
+        from ivr.pgstore import probe_url  # late: only a PostgreSQL store needs asyncpg
+
+        reason = probe_url(cfg.store_url)
+    else:
+        reason = store_mod.probe(cfg.store_path)
     if reason is not None:
         return _bad(_store_error(cfg, reason))
     if args.command == "check-config":
         print(json.dumps({"ok": True, **config_mod.as_dict(cfg)}, indent=2))
         return 0
 
-    from ivr.app import StoreUnusable, run_forever  # late: check-config needs no aiohttp
+    from ivr.app import Fenced, StoreUnusable, run_forever  # late: check-config needs no aiohttp
 
     logs.setup(cfg.log_level, cfg.log_format)
     try:
         with contextlib.suppress(KeyboardInterrupt):
             asyncio.run(run_forever(cfg))
+    except Fenced as exc:
+        # EX_TEMPFAIL: a supervisor (systemd Restart=, compose restart:) starts it
+        # again, and it comes back as a standby.
+        print(f"ivr: stopped: lost the active lock ({exc}); start again to stand by",
+              file=sys.stderr)
+        return 75
     except StoreUnusable as exc:  # a store the probe could not foresee (opened first)
         log.debug("opening the store failed", exc_info=True)
         return _bad(_store_error(cfg, str(exc)))

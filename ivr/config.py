@@ -83,6 +83,30 @@ class AriConfig:
     user: str
     password: str
     app: str
+    #: seconds a REST request may go unanswered (from the moment it is sent)
+    request_timeout: float = 10.0
+    #: seconds a channel command (answer, music, playback, hang-up) that timed out is
+    #: checked and sent again before it counts as failed (``ivr.ari.AriClient.patience``)
+    give_up_after: float = 60.0
+
+
+#: the field a node's ``trunk`` template must contain: the agent's endpoint name there
+TRUNK_FIELD = "agent"
+
+
+@dataclass(frozen=True)
+class NodeConfig:
+    """One Asterisk node: its ARI, and how the other nodes reach an agent on it."""
+
+    name: str
+    ari: AriConfig
+    trunk: str = ""
+    """Dial string template, from another node, for an agent whose softphone is on
+    this one: ``{agent}`` is the agent's endpoint name (``PJSIP/{agent}@node-b``)."""
+
+    def trunk_dial(self, endpoint: str) -> str:
+        """How another node dials ``endpoint`` (``PJSIP/alice``) of this node."""
+        return self.trunk.format(agent=endpoint.partition("/")[2])
 
 
 #: what the integration token may do (``http.api_scopes``): read queues, agents,
@@ -171,6 +195,8 @@ class AgentConfig:
     queues: tuple[str, ...]
     password_hash: str = ""
     """Console login (``ivr.passwords``); empty: this agent uses the softphone only."""
+    node: str = ""
+    """The Asterisk node the agent's softphone is registered on."""
 
 
 @dataclass(frozen=True)
@@ -186,9 +212,14 @@ class OutboundConfig:
         return self.dial.format(number=number.e164, e164=number.e164, national=number.national)
 
 
+#: the name of the one node of a config with ``ari:`` instead of ``asterisk:``
+DEFAULT_NODE = "asterisk"
+
+
 @dataclass(frozen=True)
 class Config:
     ari: AriConfig
+    """The first node's ARI (the Stasis app name is the same on every node)."""
     http: HttpConfig
     store_path: Path
     prompts: PromptConfig
@@ -202,6 +233,18 @@ class Config:
     lines: Mapping[str, int] = field(default_factory=dict)
     """Dotted key -> line in the file, for every key written there (error messages
     about values checked after loading, e.g. ``store.path``)."""
+    nodes: Mapping[str, NodeConfig] = field(default_factory=dict)
+    """The Asterisk nodes by name, in the file's order (one, ``asterisk``, for ``ari:``)."""
+    store_url: str = ""
+    """``postgresql://...`` when the store is PostgreSQL; empty: SQLite at store_path."""
+    node_down_after: float = 60.0
+    """A node unreachable this long: its live callers are counted lost (their calls
+    died with it); its callbacks stay in the queue for the other nodes."""
+
+    def node(self, name: str) -> NodeConfig:
+        """The node called ``name``; the first node for "" (items stored before there
+        were several nodes) and for a name no longer configured."""
+        return self.nodes.get(name) or next(iter(self.nodes.values()))
 
     def line_of(self, key: str) -> int | None:
         """The line of ``key``, else of its nearest written parent."""
@@ -319,19 +362,22 @@ def _dial(doc: Doc) -> str:
 # --------------------------------------------------------------------------- sections
 
 
-def _ari(root: Doc, env: Mapping[str, str]) -> AriConfig:
-    a = root.sub("ari")
+def _ari(a: Doc, env: Mapping[str, str], suffix: str = "") -> AriConfig:
+    """``ari:`` (one node; environment ``IVR_ARI_URL`` ...) or one node of
+    ``asterisk:`` (``IVR_ARI_URL_<NODE>`` ...)."""
     # Read every key first (an unread key is "unknown"), then let the environment win.
     url, user, password = (a.scalar("url", "http://127.0.0.1:8088"), a.scalar("user", "ivr"),
                            a.scalar("password", ""))
     ari = AriConfig(
-        url=env.get("IVR_ARI_URL") or url,
-        user=env.get("IVR_ARI_USER") or user,
-        password=env.get("IVR_ARI_PASSWORD") or password,
+        url=env.get("IVR_ARI_URL" + suffix) or url,
+        user=env.get("IVR_ARI_USER" + suffix) or user,
+        password=env.get("IVR_ARI_PASSWORD" + suffix) or password,
         app=a.scalar("app", "ivr"),
+        request_timeout=duration(a, "request_timeout", "10s", 1, 300),
+        give_up_after=duration(a, "give_up_after", "60s", 0, 3600),
     )
     if not ari.password:
-        raise a.err("password", "is required (or set IVR_ARI_PASSWORD)")
+        raise a.err("password", f"is required (or set IVR_ARI_PASSWORD{suffix})")
     if not re.match(r"^https?://", ari.url):
         raise a.err("url", "must start with http:// or https://")
     try:
@@ -343,8 +389,55 @@ def _ari(root: Doc, env: Mapping[str, str]) -> AriConfig:
         raise a.err("url", f"not a valid URL {ari.url!r}: {exc}") from None
     if not _NAME.match(ari.app):
         raise a.err("app", "must be a short name of letters, digits, _ . -")
-    a.check_unknown()
     return ari
+
+
+def _nodes(root: Doc, env: Mapping[str, str]) -> dict[str, NodeConfig]:
+    """``ari:`` for one Asterisk, or ``asterisk:`` naming several nodes (one queue
+    across them); not both."""
+    if root.has("ari") and root.has("asterisk"):
+        raise root.err("asterisk", "use ari: (one Asterisk) or asterisk: (several nodes), "
+                                   "not both")
+    if not root.has("asterisk"):
+        a = root.sub("ari")
+        ari = _ari(a, env)
+        a.check_unknown()
+        return {DEFAULT_NODE: NodeConfig(DEFAULT_NODE, ari)}
+    nd = root.sub("asterisk")
+    nodes: dict[str, NodeConfig] = {}
+    for name, n in nd.children():
+        if not re.match(r"^[a-z0-9][a-z0-9_-]{0,31}$", name):
+            raise nd.err(name, "node names are lower-case letters, digits, _ - (max 32)")
+        ari = _ari(n, env, "_" + re.sub(r"[^A-Z0-9]", "_", name.upper()))
+        trunk = n.scalar("trunk", "")
+        nodes[name] = NodeConfig(name, ari, _trunk(n, trunk) if trunk else "")
+        n.check_unknown()
+    if not nodes:
+        raise root.err("asterisk", "name at least one node")
+    first = next(iter(nodes.values()))
+    for name, node in nodes.items():
+        if node.ari.app != first.ari.app:
+            raise nd.sub(name).err("app", f"every node uses one Stasis app name "
+                                          f"({first.ari.app!r})")
+        if len(nodes) > 1 and not node.trunk:
+            raise nd.sub(name).err(
+                "trunk", "is required with several nodes: how the other nodes dial an agent "
+                         "on this one, e.g. PJSIP/{agent}@node-" + name)
+    return nodes
+
+
+def _trunk(doc: Doc, trunk: str) -> str:
+    try:
+        fields = [f for _, f, _, _ in string.Formatter().parse(trunk) if f is not None]
+    except ValueError as exc:
+        raise doc.err("trunk", f"not a valid template {trunk!r}: {exc}") from None
+    if fields != [TRUNK_FIELD]:
+        raise doc.err("trunk", f"must contain {{{TRUNK_FIELD}}} once (the agent's endpoint "
+                               f"name on that node), e.g. PJSIP/{{{TRUNK_FIELD}}}@node-b")
+    if not re.match(r"^[A-Za-z][A-Za-z0-9]*/\S+$", trunk):
+        raise doc.err("trunk", "must start with a channel technology and '/', e.g. "
+                               "PJSIP/{agent}@node-b")
+    return trunk
 
 
 def _http(root: Doc, env: Mapping[str, str]) -> HttpConfig:
@@ -367,13 +460,31 @@ def _http(root: Doc, env: Mapping[str, str]) -> HttpConfig:
     return HttpConfig(bind=bind, port=port, api_token=token, api_scopes=tuple(scopes))
 
 
-def _store(root: Doc, base_dir: Path) -> Path:
+def _store(root: Doc, base_dir: Path, env: Mapping[str, str]) -> tuple[Path, str]:
+    """SQLite at ``store.path`` (the default: nothing to run), or PostgreSQL at
+    ``store.url`` / ``IVR_STORE_URL`` (several instances: an active and standbys)."""
     s = root.sub("store", required=False)
     path = Path("ivr.sqlite3")
+    url = ""
     if s is not None:
+        if s.has("path") and s.has("url"):
+            raise s.err("url", "set path (SQLite) or url (PostgreSQL), not both")
         path = Path(s.scalar("path", "ivr.sqlite3"))
+        url = s.scalar("url", "")
         s.check_unknown()
-    return path if path.is_absolute() else base_dir / path
+    url = env.get("IVR_STORE_URL") or url
+    if url:
+        try:
+            parsed = urlsplit(url)
+            parsed.port  # noqa: B018 - raises ValueError when out of range
+        except ValueError:
+            parsed = None
+        if parsed is None or parsed.scheme not in ("postgresql", "postgres"):
+            # Never echo the URL: it may carry the database password.
+            raise ConfigError("must be a postgresql://user:password@host/database URL "
+                              "(or leave it out for SQLite)", "store.url",
+                              root.lines.get("store.url"))
+    return (path if path.is_absolute() else base_dir / path), url
 
 
 def _prompts(root: Doc, base_dir: Path) -> PromptConfig:
@@ -541,20 +652,25 @@ def _queues(root: Doc, region: str, prompts: PromptConfig) -> dict[str, QueueCon
     return queues
 
 
-def _agents(root: Doc, queues: Mapping[str, QueueConfig],
-            env: Mapping[str, str]) -> dict[str, AgentConfig]:
+def _agents(root: Doc, queues: Mapping[str, QueueConfig], env: Mapping[str, str],
+            nodes: Mapping[str, NodeConfig]) -> dict[str, AgentConfig]:
     ad = root.sub("agents")
     agents: dict[str, AgentConfig] = {}
-    endpoints: dict[str, str] = {}
+    endpoints: dict[tuple[str, str], str] = {}
     for aid, ag in ad.children():
         if not _NAME.match(aid):
             raise ad.err(aid, "agent ids are letters, digits, _ . - (max 64)")
         endpoint = ag.scalar("endpoint")
         if not re.match(r"^[A-Za-z]+/[^/\s]+$", endpoint):
             raise ag.err("endpoint", "must look like PJSIP/alice")
-        if endpoint in endpoints:
-            raise ag.err("endpoint", f"already used by agent {endpoints[endpoint]}")
-        endpoints[endpoint] = aid
+        node = ag.scalar("node", next(iter(nodes)))
+        if node not in nodes:
+            raise ag.err("node", f"unknown Asterisk node {node!r} (asterisk: names "
+                                 f"{', '.join(nodes)})")
+        # Endpoint names are per node: PJSIP/alice on two nodes are two phones.
+        if (node, endpoint) in endpoints:
+            raise ag.err("endpoint", f"already used by agent {endpoints[node, endpoint]}")
+        endpoints[node, endpoint] = aid
         served = ag.strings("queues", ())
         if not served:
             raise ag.err("queues", "list the queues this agent serves")
@@ -562,7 +678,8 @@ def _agents(root: Doc, queues: Mapping[str, QueueConfig],
             if qn not in queues:
                 raise ag.err("queues", f"unknown queue {qn!r}")
         password = _password(ag, aid, env)
-        agents[aid] = AgentConfig(aid, ag.scalar("name", aid), endpoint, served, password)
+        agents[aid] = AgentConfig(aid, ag.scalar("name", aid), endpoint, served, password,
+                                  node)
         ag.check_unknown()
     return agents
 
@@ -638,9 +755,11 @@ def loads(text: str, base_dir: Path = Path("."), env: Mapping[str, str] | None =
     lines: dict[str, int] = {}
     root = Doc(node, "", lines)
     region = _region(root, None)
-    ari = _ari(root, env)
+    nodes = _nodes(root, env)
+    ari = next(iter(nodes.values())).ari
     http = _http(root, env)
-    store_path = _store(root, base_dir)
+    store_path, store_url = _store(root, base_dir, env)
+    node_down_after = duration(root, "node_down_after", "60s", 1, 3600)
     prompts = _prompts(root, base_dir)
     outbound = _outbound(root)
     queues = _queues(root, region, prompts)
@@ -648,7 +767,7 @@ def loads(text: str, base_dir: Path = Path("."), env: Mapping[str, str] | None =
     for q in queues.values():
         in_use.update((q.language, *q.languages))
     check_languages(prompts, in_use, lines)
-    agents = _agents(root, queues, env)
+    agents = _agents(root, queues, env, nodes)
     supervisors = _supervisors(root, agents, env)
     log_level = _log_level(root)
     log_format = root.scalar("log_format", "text")
@@ -657,15 +776,25 @@ def loads(text: str, base_dir: Path = Path("."), env: Mapping[str, str] | None =
     root.check_unknown()
     return Config(ari=ari, http=http, store_path=store_path, prompts=prompts,
                   outbound=outbound, queues=queues, agents=agents, log_level=log_level,
-                  supervisors=supervisors, log_format=log_format, lines=lines)
+                  supervisors=supervisors, log_format=log_format, lines=lines, nodes=nodes,
+                  store_url=store_url, node_down_after=node_down_after)
+
+
+def _store_shown(cfg: Config) -> str:
+    if not cfg.store_url:
+        return str(cfg.store_path)
+    from ivr.pgstore import redact_url  # late: only a PostgreSQL store needs asyncpg
+
+    return redact_url(cfg.store_url)
 
 
 def as_dict(cfg: Config) -> dict[str, Any]:
     """A redacted summary for ``ivr check-config`` output."""
     return {
         "ari": {"url": cfg.ari.url, "user": cfg.ari.user, "app": cfg.ari.app},
+        "nodes": {n.name: n.ari.url for n in cfg.nodes.values()},
         "http": {"bind": cfg.http.bind, "port": cfg.http.port},
-        "store": str(cfg.store_path),
+        "store": _store_shown(cfg),
         "queues": {n: q.did for n, q in cfg.queues.items()},
         "agents": {n: a.endpoint for n, a in cfg.agents.items()},
         "console_logins": sorted(

@@ -20,6 +20,7 @@ from ivr import cli
 from ivr import store as store_mod
 from ivr.config import load
 from ivr.store import MIGRATIONS, SqliteStore
+from rig.sandbox import free_port
 
 REPO = Path(__file__).resolve().parent.parent
 EXAMPLE = (REPO / "config.example.yaml").read_text()
@@ -226,3 +227,19 @@ def test_run_refuses_a_store_it_cannot_open(tmp_path: Path, capsys: pytest.Captu
     m = MESSAGE.match(err)
     assert m is not None and m.group("key") == "store.path" and m.group("line"), err
     assert "newer" in err
+
+
+@pytest.mark.parametrize("command", ["check-config", "run"])
+def test_an_unusable_postgresql_store_is_refused_without_its_password(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str], command: str) -> None:
+    """check-config = run for a PostgreSQL store too: nothing listens there, exit 2
+    naming store.url; the URL's password is never printed."""
+    port = free_port(udp=False)
+    url = f"postgresql://ivr:hunter2-secret@127.0.0.1:{port}/ivr"
+    text = config_text(tmp_path).replace(
+        f"path: {tmp_path / 'var' / 'ivr.sqlite3'} ", f"url: {url} ")
+    rc, out, err = check(write(tmp_path, text), capsys, command)
+    assert rc == 2, err
+    m = MESSAGE.match(err)
+    assert m is not None and m["key"] == "store.url", err
+    assert "hunter2" not in out + err and f"127.0.0.1:{port}" in err

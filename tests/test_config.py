@@ -423,3 +423,95 @@ def test_lines_of_keys() -> None:
     # Not written: the nearest written parent.
     assert cfg.line_of("queues.support.region") == cfg.lines["queues.support"]
     assert cfg.line_of("nothing.here") is None
+
+
+# ---------------------------------------------------------------- several nodes, store url
+
+NODES = """asterisk:
+  a:
+    url: http://10.0.0.11:8088
+    password: pw-a
+    trunk: "PJSIP/{agent}@node-a"
+  b:
+    url: http://10.0.0.12:8088
+    password: pw-b
+    trunk: "PJSIP/{agent}@node-b"
+"""
+
+
+def with_nodes(nodes: str = NODES, **agent_nodes: str) -> str:
+    """The example with ``asterisk:`` nodes instead of ``ari:``; ``agent_nodes``: each
+    agent's ``node:``."""
+    text = EXAMPLE
+    start = text.index("ari:\n")
+    end = text.index("\nhttp:")
+    text = text[:start] + nodes + text[end:]
+    for agent, node in agent_nodes.items():
+        text = text.replace(f"  {agent}:\n", f"  {agent}:\n    node: {node}\n", 1)
+    return text
+
+
+def test_several_nodes() -> None:
+    cfg = loads(with_nodes(bob="b"), base_dir=REPO, env={"IVR_ARI_PASSWORD_B": "from-env"})
+    assert list(cfg.nodes) == ["a", "b"]
+    assert cfg.nodes["b"].ari.password == "from-env" and cfg.nodes["a"].ari.password == "pw-a"
+    assert cfg.ari is cfg.nodes["a"].ari  # the first node's
+    assert (cfg.agents["alice"].node, cfg.agents["bob"].node) == ("a", "b")
+    assert cfg.nodes["b"].trunk_dial("PJSIP/agent2") == "PJSIP/agent2@node-b"
+    assert cfg.node("") is cfg.nodes["a"] and cfg.node("gone") is cfg.nodes["a"]
+    assert cfg.node_down_after == 60
+
+
+def test_one_node_from_ari() -> None:
+    cfg = loads(EXAMPLE, base_dir=REPO, env={})
+    assert list(cfg.nodes) == ["asterisk"] and cfg.nodes["asterisk"].ari is cfg.ari
+    assert cfg.agents["alice"].node == "asterisk" and cfg.store_url == ""
+
+
+@pytest.mark.parametrize(("text", "key", "words"), [
+    (EXAMPLE.replace("region: US\n", "region: US\n" + NODES), "asterisk", "not both"),
+    (with_nodes(NODES.replace('    trunk: "PJSIP/{agent}@node-b"\n', "")),
+     "asterisk.b.trunk", "required with several nodes"),
+    (with_nodes(NODES.replace("{agent}@node-b", "{agnt}@node-b")), "asterisk.b.trunk",
+     "{agent}"),
+    (with_nodes(NODES.replace("{agent}@node-b", "node-b")), "asterisk.b.trunk", "{agent}"),
+    (with_nodes(NODES.replace('"PJSIP/{agent}@node-b"', '"{agent}"')), "asterisk.b.trunk",
+     "technology"),
+    (with_nodes(NODES.replace("  b:\n", "  B!:\n")), "asterisk.B!", "lower-case"),
+    (with_nodes(NODES.replace("    password: pw-b\n", "    password: pw-b\n    app: other\n")),
+     "asterisk.b.app", "one Stasis app"),
+    (with_nodes(bob="c"), "agents.bob.node", "unknown Asterisk node"),
+    (with_nodes(NODES.replace("    password: pw-a\n", "")), "asterisk.a.password",
+     "IVR_ARI_PASSWORD_A"),
+    (with_nodes("asterisk: {}\n"), "asterisk", "at least one node"),
+    (with_nodes("asterisk: [a, b]\n"), "asterisk", "must be a mapping"),
+    (EXAMPLE.replace("  path: var/ivr.sqlite3 ", "  url: mysql://u:hunter2@db/x "),
+     "store.url", "postgresql://"),
+    (EXAMPLE.replace("  path: var/ivr.sqlite3 ",
+                     "  url: postgresql://u:hunter2@db/x\n  path: x.db "),
+     "store.url", "not both"),
+    (EXAMPLE.replace("region: US\n", "region: US\nnode_down_after: 0.5s\n"),
+     "node_down_after", "at least"),
+])
+def test_bad_nodes_and_store_urls(text: str, key: str, words: str) -> None:
+    with pytest.raises(ConfigError) as info:
+        loads(text, base_dir=REPO, env={})
+    assert info.value.key == key and words in str(info.value), str(info.value)
+    assert "hunter2" not in str(info.value)  # a URL's password is never echoed
+
+
+def test_store_url_and_its_environment() -> None:
+    url = "postgresql://ivr:s3cret@db.example.internal/ivr"
+    cfg = loads(EXAMPLE, base_dir=REPO, env={"IVR_STORE_URL": url})
+    assert cfg.store_url == url
+    shown = json.dumps(__import__("ivr.config").config.as_dict(cfg))
+    assert "s3cret" not in shown and "db.example.internal" in shown
+
+
+def test_same_endpoint_on_two_nodes_is_two_phones() -> None:
+    text = with_nodes(bob="b").replace("endpoint: PJSIP/agent2", "endpoint: PJSIP/agent1")
+    cfg = loads(text, base_dir=REPO, env={})
+    assert cfg.agents["bob"].endpoint == cfg.agents["alice"].endpoint == "PJSIP/agent1"
+    with pytest.raises(ConfigError, match="already used by agent alice"):
+        loads(with_nodes().replace("endpoint: PJSIP/agent2", "endpoint: PJSIP/agent1"),
+              base_dir=REPO, env={})

@@ -51,6 +51,8 @@ class Agent:
     endpoint: str
     queues: tuple[str, ...]
     status: AgentStatus = AgentStatus.AVAILABLE
+    #: the Asterisk node the softphone is on ("" with one node)
+    node: str = ""
     since: float = 0.0
     reachable: bool = False
     wrap_up_until: float = 0.0
@@ -69,9 +71,11 @@ class AgentBoard:
                  on_change: Change | None = None) -> None:
         now = clock.now()
         self._clock = clock
-        self._agents = {a.id: Agent(a.id, a.name, a.endpoint, tuple(a.queues), since=now)
+        # ``node``: optional in the spec (the simulator's agents have none).
+        self._agents = {a.id: Agent(a.id, a.name, a.endpoint, tuple(a.queues), since=now,
+                                    node=getattr(a, "node", ""))
                         for a in agents}
-        self._by_endpoint = {a.endpoint: a.id for a in self._agents.values()}
+        self._by_endpoint = {(a.node, a.endpoint): a.id for a in self._agents.values()}
         #: called after every status change with the agent and its previous status
         self.on_change: Change = on_change or (lambda agent, old: None)
 
@@ -86,8 +90,10 @@ class AgentBoard:
     def get(self, agent_id: str) -> Agent:
         return self._agents[agent_id]
 
-    def by_endpoint(self, endpoint: str) -> Agent | None:
-        agent_id = self._by_endpoint.get(endpoint)
+    def by_endpoint(self, endpoint: str, node: str = "") -> Agent | None:
+        """The agent whose softphone is ``endpoint`` on ``node`` (endpoint names are
+        per Asterisk node)."""
+        agent_id = self._by_endpoint.get((node, endpoint))
         return self._agents[agent_id] if agent_id is not None else None
 
     def free(self) -> list[Agent]:

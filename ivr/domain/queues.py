@@ -222,9 +222,10 @@ class QueueEngine:
 
     def arrive(
         self, queue: str, *, channel_id: str, number: str | None,
-        arrived_at: float | None = None, language: str = "",
+        arrived_at: float | None = None, language: str = "", node: str = "",
     ) -> WorkItem:
-        """A live inbound caller enters the queue (R1)."""
+        """A live inbound caller enters the queue (R1). ``node``: the Asterisk node its
+        channel is on (several nodes behind one queue)."""
         q = self._queue(queue)
         now = self._clock.now()
         # arrived_at: a caller adopted after a restart before its arrival was committed
@@ -242,6 +243,7 @@ class QueueEngine:
             created_at=now,
             updated_at=now,
             language=language,
+            node=node,
         )
         key = item.key  # one tuple shared by both indexes (memory at 100k items)
         self._insert(q, item, key)
@@ -540,15 +542,20 @@ class QueueEngine:
                         self._side_closes.append(other)
         return item
 
-    def dial_started(self, item_id: str, agent_id: str) -> WorkItem:
-        """R8: the agent accepted a callback; we dial. Counts as an attempt (R10)."""
+    def dial_started(self, item_id: str, agent_id: str, node: str = "") -> WorkItem:
+        """R8: the agent accepted a callback; we dial. Counts as an attempt (R10).
+        ``node``: the Asterisk node that dials (the agent's), kept on the item so that
+        after a restart the attempt is looked for there."""
         item = self._open_item(item_id, "start dialling")
         if item.kind is not Kind.CALLBACK:
             raise InvalidTransition(item, "start dialling", "not a callback")
         self._check_offered_to(item, agent_id, "start dialling")
         item.state = State.DIALLING
         item.attempts += 1
-        self._record(item, "dial_started", agent=agent_id, attempt=str(item.attempts))
+        if node:
+            item.node = node
+        self._record(item, "dial_started", agent=agent_id, attempt=str(item.attempts),
+                     node=node or None)
         return item
 
     def callback_connected(self, item_id: str) -> WorkItem:
@@ -562,6 +569,27 @@ class QueueEngine:
         self._close(q, item, State.DONE)
         self._dequeue_sample(q, item, now)
         self._record(item, "callback_connected", agent=agent)
+        return item
+
+    def lost_dials(self) -> list[WorkItem]:
+        """Callbacks whose dial was in flight when the last process died (restored as
+        pending, ``dial_lost_on_restart``): what Asterisk still holds decides them
+        (``connected_before_restart`` when the customer is found talking to an agent)."""
+        return [item for item in self._items.values()
+                if item.state is State.CALLBACK_PENDING and item.history
+                and item.history[-1].event == "dial_lost_on_restart"]
+
+    def connected_before_restart(self, item_id: str, agent_id: str = "") -> WorkItem:
+        """A dial lost on restart whose customer Asterisk still has bridged to an agent:
+        the customer was reached, the callback is done (never dialled again)."""
+        item = self._open_item(item_id, "connect callback")
+        if item.kind is not Kind.CALLBACK or item.state is not State.CALLBACK_PENDING:
+            raise InvalidTransition(item, "connect callback", "not a callback being dialled")
+        q = self._queues[item.queue]
+        self._close(q, item, State.DONE)
+        self._dequeue_sample(q, item, self._clock.now())
+        self._record(item, "callback_connected", agent=agent_id or None,
+                     found="after_restart")
         return item
 
     def dial_failed(self, item_id: str, reason: str, *, counted: bool = True) -> WorkItem:
@@ -595,15 +623,16 @@ class QueueEngine:
             )
         return item
 
-    def abandon(self, item_id: str) -> WorkItem:
-        """The live caller hung up before being connected."""
+    def abandon(self, item_id: str, reason: str = "") -> WorkItem:
+        """The live caller hung up before being connected (``reason``: why we know, when
+        it is not a hang-up we saw, e.g. its Asterisk node went down)."""
         item = self._open_item(item_id, "abandon")
         if item.kind is not Kind.INBOUND:
             raise InvalidTransition(item, "abandon", "not a live caller")
         q = self._queues[item.queue]
         self._withdraw_offer(q, item)
         self._close(q, item, State.ABANDONED)
-        self._record(item, "abandoned")
+        self._record(item, "abandoned", reason=reason or None)
         return item
 
     def cancel(self, item_id: str, reason: str = "cancelled") -> WorkItem:

@@ -66,7 +66,12 @@ class AgentLeg(ChannelSession):
 
     def __init__(self, ctx: FlowContext, board: AgentBoard, switchboard: Switchboard,
                  agent: Agent, item: WorkItem) -> None:
-        super().__init__(ctx.ari, leg_channel_id(ctx.cfg.ari.app, "agent"), log, ctx.clock)
+        # The node the leg is originated on: a live caller's (the two are bridged
+        # there; an agent on another node is reached through the trunk to it), else the
+        # agent's own (a callback is dialled from the accepting agent's node).
+        node = ctx.node_name(item.node if item.kind is Kind.INBOUND else agent.node)
+        super().__init__(ctx.client(node), leg_channel_id(ctx.cfg.ari.app, "agent"), log,
+                         ctx.clock, node)
         self.ctx = ctx
         self.board = board
         self.switchboard = switchboard
@@ -187,7 +192,7 @@ class AgentLeg(ChannelSession):
                      "PJSIP_HEADER(add,X-Work-Item)": self.item.id}
         try:
             await self.ari.originate(
-                self.agent.endpoint, app_args=f"agent,{self.item.id}", caller_id=caller_id,
+                self.endpoint, app_args=f"agent,{self.item.id}", caller_id=caller_id,
                 timeout=self.q.ring_timeout, variables=variables, channel_id=self.channel_id,
             )
         except ari.AriError as exc:
@@ -212,6 +217,15 @@ class AgentLeg(ChannelSession):
             if isinstance(ev, Message) and ev.kind == DECIDED and self.decision == DECLINE:
                 return Ring.DECLINED  # (an accept is kept for the answer)
 
+    @property
+    def endpoint(self) -> str:
+        """What the leg's node dials to ring the agent: the softphone itself on the
+        agent's own node, else the trunk to the agent's node."""
+        agent_node = self.ctx.node_name(self.agent.node)
+        if agent_node == self.node or not self.ctx.cfg.nodes:
+            return self.agent.endpoint
+        return self.ctx.cfg.nodes[agent_node].trunk_dial(self.agent.endpoint)
+
     def _unanswered_cause(self) -> Ring:
         cause = self.end_cause or self.last_cause
         return Ring.REJECTED if cause in (CAUSE_BUSY, CAUSE_REJECTED) else Ring.SILENT
@@ -219,7 +233,7 @@ class AgentLeg(ChannelSession):
     # ------------------------------------------------------------------ inbound (R9)
 
     async def deliver_inbound(self) -> Outcome:
-        caller = self.switchboard.session_for(self.item.channel_id or "")
+        caller = self.switchboard.session_for(self.item.channel_id or "", self.node)
         if not isinstance(caller, CallerSession):
             await self.return_offer(timed_out=False)
             return Outcome.WITHDRAWN
@@ -284,7 +298,8 @@ class AgentLeg(ChannelSession):
             await self.hangup()
             return Outcome.UNANSWERED if choice == "" else Outcome.DECLINED
         if not self._engine_step(
-                lambda: self.ctx.engine.dial_started(self.item.id, self.agent.id)):
+                lambda: self.ctx.engine.dial_started(self.item.id, self.agent.id,
+                                                     self.node)):
             return await self.withdrawn()
         if not await self.ctx.commit():
             # The attempt could not be recorded: dialling now could call the customer

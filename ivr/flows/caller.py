@@ -51,8 +51,10 @@ class CallerSession(ChannelSession):
         item: WorkItem | None = None,
         *,
         adopted: bool = False,
+        node: str = "",
     ) -> None:
-        super().__init__(ctx.ari, channel.id, log, ctx.clock)
+        node = ctx.node_name(node)
+        super().__init__(ctx.client(node), channel.id, log, ctx.clock, node)
         self.adopted = adopted
         self.ctx = ctx
         self.channel = channel
@@ -106,6 +108,7 @@ class CallerSession(ChannelSession):
                 # creation time (Asterisk's clock) is the best arrival we have. Otherwise
                 # our own clock, which also drives the offer timers.
                 arrived_at=(self.channel.created_at or None) if self.adopted else None,
+                node=self.node,
             )
             await self.ctx.commit()
             self.ctx.publish(events.CallerArrived(self.q.name, self.item.id))
@@ -181,8 +184,10 @@ class CallerSession(ChannelSession):
             return
         current = self.ctx.engine.get(item.id)
         if current.state in OPEN_LIVE:
-            self.ctx.engine.abandon(item.id)
-            await self.ctx.commit()
+            self.ctx.engine.abandon(item.id, self.gone_reason)
+            # Not awaited: nothing was promised, and a crash before the next commit is
+            # repaired at the next start (its channel is gone: abandoned at resync).
+            self.ctx.commit_soon()
             self.ctx.publish(events.CallerAbandoned(item.queue, item.id))
             self.ctx.publish(events.ItemClosed(item.queue, item.id))
             self.log.info("caller hung up while waiting: abandoned")

@@ -24,8 +24,10 @@ class UnknownQueueCall(ChannelSession):
     """A call whose Stasis argument names no configured queue (a dialplan mistake):
     answered, told the service is unavailable, hung up; nothing is queued."""
 
-    def __init__(self, ctx: FlowContext, channel: ari.Channel, queue_name: str) -> None:
-        super().__init__(ctx.ari, channel.id, log, ctx.clock)
+    def __init__(self, ctx: FlowContext, channel: ari.Channel, queue_name: str, *,
+                 node: str = "") -> None:
+        node = ctx.node_name(node)
+        super().__init__(ctx.client(node), channel.id, log, ctx.clock, node)
         self.ctx = ctx
         self.queue_name = queue_name
 
@@ -47,8 +49,10 @@ class AlreadyConfirmed(ChannelSession):
     """A caller whose callback was committed before the service restarted, still on the
     line (they were hearing the confirmation): the confirmation again, then goodbye."""
 
-    def __init__(self, ctx: FlowContext, channel: ari.Channel, queue: QueueConfig) -> None:
-        super().__init__(ctx.ari, channel.id, log, ctx.clock)
+    def __init__(self, ctx: FlowContext, channel: ari.Channel, queue: QueueConfig, *,
+                 node: str = "") -> None:
+        node = ctx.node_name(node)
+        super().__init__(ctx.client(node), channel.id, log, ctx.clock, node)
         self.ctx = ctx
         self.q = queue
 

@@ -275,7 +275,7 @@ class _Route(ChannelSession):
     switchboard's table holds sessions, and this is the customer's entry in it."""
 
     def __init__(self, leg: ChannelSession, channel_id: str) -> None:
-        super().__init__(leg.ari, channel_id, log, leg.clock)
+        super().__init__(leg.ari, channel_id, log, leg.clock, leg.node)
         self.leg = leg
         # Resync treats it like its leg: a running session whose channel may vanish.
         self.task = leg.task

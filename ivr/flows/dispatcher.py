@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from ivr import ari
 from ivr.domain import events
 from ivr.domain.agents import Agent, AgentBoard, AgentStatus
+from ivr.domain.items import Kind
 from ivr.flows.agent_leg import AgentLeg, NotNow
 from ivr.flows.context import FlowContext
 from ivr.flows.outcome import Outcome
@@ -45,6 +46,13 @@ class Dispatcher:
         self.last: dict[str, LastOffer] = {}  # agent id -> its latest ended offer
         self._wake = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
+        #: node -> when (monotonic) its ARI connection was first seen down
+        self._down_since: dict[str, float] = {}
+        #: nodes whose live callers were given up (down longer than node_down_after)
+        self.lost_nodes: set[str] = set()
+        #: nodes being resynced after a connect (their client says "connected" only
+        #: once that is done; meanwhile they are not down)
+        self.resyncing: set[str] = set()
         #: False once a graceful stop began: no new offers
         self.accepting = True
         board.on_change = self._status_changed
@@ -90,13 +98,20 @@ class Dispatcher:
         elif isinstance(event, events.WorkChanged):
             self.kick()
 
-    async def on_connect(self) -> None:
-        """R15: endpoint reachability. Read once per connect, then follow the events."""
+    async def on_connect(self, node: str = "") -> None:
+        """R15: endpoint reachability of the agents on ``node``. Read once per connect,
+        then follow the events."""
+        node = self.ctx.node_name(node)
+        client = self.ctx.client(node)
+        self._down_since.pop(node, None)
+        self.lost_nodes.discard(node)
         for agent in self.board:
+            if self.ctx.node_name(agent.node) != node:
+                continue
             tech, _, resource = agent.endpoint.partition("/")
             try:
-                ep = await self.ctx.ari.get_endpoint(tech, resource)
-                await self.ctx.ari.subscribe_endpoint(tech, resource)
+                ep = await client.get_endpoint(tech, resource)
+                await client.subscribe_endpoint(tech, resource)
             except ari.AriError as exc:
                 log.error("agent %s: endpoint %s unusable: %s", agent.id, agent.endpoint, exc)
                 self.board.reachability(agent, "unreachable")
@@ -105,9 +120,9 @@ class Dispatcher:
                 log.info("agent %s endpoint %s", agent.id, ep.state)
         self.kick()
 
-    def on_event(self, ev: ari.Event) -> None:
+    def on_event(self, ev: ari.Event, node: str = "") -> None:
         if isinstance(ev, ari.EndpointStateChange):
-            agent = self.board.by_endpoint(ev.endpoint.name)
+            agent = self.board.by_endpoint(ev.endpoint.name, self._agent_node(node))
             if agent is not None:
                 if self.board.reachability(agent, ev.endpoint.state):
                     log.info("agent %s endpoint %s", agent.id, ev.endpoint.state)
@@ -134,6 +149,7 @@ class Dispatcher:
             self._wake.clear()
             try:
                 await self.dispatch_pass()
+                await self.ctx.commit_if_due()  # a hang-up no other commit carried yet
             except Exception:
                 log.exception("dispatch pass failed")
 
@@ -163,9 +179,56 @@ class Dispatcher:
         for leg in self.legs.values():
             leg.detached = True  # a conversation outlives us: no teardown on exit
 
+    def _agent_node(self, node: str) -> str:
+        """How the board names ``node`` (agents of a one-node config may say "")."""
+        node = self.ctx.node_name(node)
+        return node if any(a.node == node for a in self.board) else ""
+
+    async def watch_nodes(self) -> set[str]:
+        """Several Asterisk nodes: returns the nodes whose ARI is down now. Agents on a
+        node we cannot reach take no offers (they come back with its reconnect); after
+        ``node_down_after`` its live callers are counted lost (their calls died with it,
+        or nobody can bridge them) — their sessions end as on a hang-up — while every
+        callback stays in the queue for the other nodes' agents."""
+        down: set[str] = set()
+        loop = asyncio.get_running_loop()
+        for node in self.ctx.nodes:
+            if self.ctx.node_up(node) or node in self.resyncing:
+                continue
+            down.add(node)
+            if node not in self._down_since:
+                self._down_since[node] = loop.time()
+                log.warning("Asterisk node %s: ARI down; its agents take no offers", node)
+                for agent in self.board:
+                    if self.ctx.node_name(agent.node) == node:
+                        self.board.reachability(agent, "unreachable")
+            since = self._down_since[node]
+            if node not in self.lost_nodes \
+                    and loop.time() - since >= self.ctx.cfg.node_down_after:
+                self.lost_nodes.add(node)
+                n = await self.switchboard.node_lost(node)
+                log.error("Asterisk node %s down for %.0fs: %d call(s) on it counted lost; "
+                          "callbacks stay queued", node, loop.time() - since, n)
+        return down
+
+    def _live_on(self, nodes: set[str]) -> set[str]:
+        """Live callers (and their offers) on ``nodes``: not offered while those are
+        down (nobody could bridge them)."""
+        return {item.id for item in self.ctx.engine.open_items()
+                if item.kind is Kind.INBOUND and self.ctx.node_name(item.node) in nodes}
+
+    def _skip(self, down: set[str]) -> set[str]:
+        skip = self.ctx.held
+        if down:
+            skip = skip | self._live_on(down)
+        if self.ctx.unresolved:
+            skip = skip | self.ctx.unresolved.keys()
+        return skip
+
     async def dispatch_pass(self) -> None:
         if not self.accepting:
             return
+        down = await self.watch_nodes() if len(self.ctx.nodes) > 1 else set()
         now = self.ctx.now()
         engine = self.ctx.engine
         expired = engine.expire_due()
@@ -187,7 +250,7 @@ class Dispatcher:
             {a.id: a.queues for a in free},
             callback_queues=open_for_callbacks,
             standby={a.id: a.queues for a in self.board.on_duty()},
-            skip=self.ctx.held,
+            skip=self._skip(down),
         )
         if offers:
             await self.ctx.commit()

@@ -133,9 +133,13 @@ class ChannelSession:
     """Base for caller, agent and customer legs."""
 
     def __init__(self, client: AriClient, channel_id: str, log: logging.Logger,
-                 clock: Clock | None = None) -> None:
+                 clock: Clock | None = None, node: str = "") -> None:
         self.ari = client
         self.channel_id = channel_id
+        #: the Asterisk node the channel is on (``client`` is that node's)
+        self.node = node
+        #: why the channel is gone when that is not a hang-up we saw ("node_down")
+        self.gone_reason = ""
         #: deadlines are read on this clock (a seam for tests)
         self.clock: Clock = clock or SystemClock()
         self.inbox: asyncio.Queue[Item] = asyncio.Queue()

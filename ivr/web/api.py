@@ -40,7 +40,7 @@ from ivr.web.openapi import Param, Route
 
 log = logging.getLogger("ivr.web")
 
-HealthProbe = Callable[[], Mapping[str, bool]]
+HealthProbe = Callable[[], Mapping[str, object]]
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 M = TypeVar("M", bound=BaseModel)
 
@@ -257,7 +257,8 @@ def _query_int(request: web.Request, name: str, default: int, lo: int, hi: int) 
 async def healthz(request: web.Request) -> web.Response:
     """200 only when every check holds; 503 with the reason(s) otherwise. No login."""
     checks = dict(request.app[HEALTH]())
-    failing = [name for name, ok in checks.items() if not ok]
+    # True/false values are the checks; anything else (role, nodes down) is told.
+    failing = [name for name, ok in checks.items() if isinstance(ok, bool) and not ok]
     body: dict[str, Any] = {"ok": not failing, **checks}
     if failing:
         body["reason"] = "; ".join(_HEALTH_REASONS.get(n, f"{n} is false") for n in failing)

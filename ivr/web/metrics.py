@@ -135,5 +135,5 @@ class _Live(Collector):
         for status, n in counts.items():
             agents.add_metric([status], n)
         reconnects = CounterMetricFamily("ivr_ari_reconnects", "ARI websocket reconnects",
-                                         value=self.ctx.ari.reconnects)
+                                         value=sum(c.reconnects for c in self.ctx.nodes.values()))
         yield from (waiting, ewt, longest, scheduled, error, agents, reconnects)

@@ -76,6 +76,8 @@ def write(
         "log_level": "DEBUG",
         **top,
     }
+    if "asterisk" in top:  # several nodes instead of ari:
+        del doc["ari"]
     path = tmp_path / "config.yaml"
     path.write_text(yaml.safe_dump(doc, sort_keys=False))
     return load(path, env={})

@@ -13,6 +13,7 @@ import contextlib
 import json
 import os
 from collections.abc import Iterator, Mapping, Sequence
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -20,6 +21,7 @@ import pytest
 from rig import sandbox
 from rig.sandbox import AsteriskInstance
 from tests.support.asterisk import REPO, finish_asterisk
+from tests.support.config import write as write_test_config
 from tests.support.observer import AriObserver, Event, channel_id
 
 NODE_AGENTS: Mapping[str, Sequence[str]] = {"a": ("a1", "a2"), "b": ("b1", "b2")}
@@ -90,3 +92,27 @@ class NodeAri(AriObserver):
             for e in self.events
             if e.get("type") == "ChannelDialplan" and channel_id(e) == cid
         ]
+
+
+def write_node_config(nodes: Mapping[str, AsteriskInstance], directory: Path, queue: str,
+                      agents: Mapping[str, Mapping[str, Any]], **top: Any) -> Path:
+    """The service's config for ``nodes`` (``asterisk:``, each node's trunk as the others
+    dial it): queue ``queue`` (DID: its digits) with test timings and no offers (callers
+    just wait), ``agents``, ``top``-level extras. Returns the file."""
+    names = list(nodes)
+    write_test_config(
+        directory, ari={},
+        # One chroot holds every node's files: the first node's prompts serve them all.
+        asterisk_dir=nodes[names[0]].prompts_dir,
+        queues={queue: {"did": queue.lstrip("q"), "caller_id": "5550100", "max_waiting": 20,
+                        "first_offer_after": "60s", "repeat_offer_every": "60s",
+                        "ring_timeout": "8s", "preview_timeout": "10s",
+                        "retry_interval": "2s", "wrap_up": "0s"}},
+        agents=agents,
+        asterisk={name: {"url": inst.ari_url, "user": inst.ari_user,
+                         "password": inst.ari_password, "app": inst.app_name,
+                         "trunk": inst.trunk_dial(next(p for p in names if p != name))}
+                  for name, inst in nodes.items()},
+        **top,
+    )
+    return directory / "config.yaml"

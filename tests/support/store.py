@@ -15,7 +15,11 @@ def e164(number: str) -> str:
 
 
 async def stored_item(svc: Service, number: str) -> WorkItem:
-    """The caller's latest work item as committed in SQLite (a second connection)."""
+    """The caller's latest work item as committed in SQLite (a second connection), once
+    the running service has committed what it holds: a caller's hang-up is committed
+    lazily, with the next commit (``FlowContext.commit_soon``)."""
+    if svc.ctx is not None:
+        await svc.ctx.commit()
     with sqlite3.connect(svc.cfg.store_path) as db:
         row = db.execute("SELECT id FROM items WHERE number = ? ORDER BY seq DESC LIMIT 1",
                          (e164(number),)).fetchone()
