@@ -122,7 +122,8 @@ class Dispatcher:
 
     def on_event(self, ev: ari.Event, node: str = "") -> None:
         if isinstance(ev, ari.EndpointStateChange):
-            agent = self.board.by_endpoint(ev.endpoint.name, self._agent_node(node))
+            agent = self.board.by_endpoint(ev.endpoint.name,
+                                       self.ctx.node_name(node))
             if agent is not None:
                 if self.board.reachability(agent, ev.endpoint.state):
                     log.info("agent %s endpoint %s", agent.id, ev.endpoint.state)
@@ -178,11 +179,6 @@ class Dispatcher:
                         len(self.ctx.held), grace)
         for leg in self.legs.values():
             leg.detached = True  # a conversation outlives us: no teardown on exit
-
-    def _agent_node(self, node: str) -> str:
-        """How the board names ``node`` (agents of a one-node config may say "")."""
-        node = self.ctx.node_name(node)
-        return node if any(a.node == node for a in self.board) else ""
 
     async def watch_nodes(self) -> set[str]:
         """Several Asterisk nodes: returns the nodes whose ARI is down now. Agents on a

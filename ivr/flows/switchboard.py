@@ -194,10 +194,7 @@ class Switchboard:
         prefix = self.ctx.cfg.ari.app + ","
         watched = await self._adopt_conversations(present, node)
         leg_prefixes = tuple(f"{self.ctx.cfg.ari.app}-{role}-" for role in LEG_ROLES)
-        await self._resolve_lost_dials(node, {
-            args[1]: args[0] for args in (present[c].app_data.split(",")[1:]
-                                          for c in watched if c in present)
-            if len(args) >= 2 and args[0] in LEG_ROLES})
+        await self._resolve_lost_dials(node, self._items_of_legs(present, watched))
         for c in channels:
             if c.id.startswith(leg_prefixes) and (node, c.id) not in self.sessions \
                     and c.id not in watched and c.app_name != "Stasis":
@@ -242,12 +239,22 @@ class Switchboard:
                 log.info("[item=%s] caller channel gone while away: abandoned", item.id[:12])
         self.ctx.publish(WorkChanged())
 
-    async def _resolve_lost_dials(self, node: str, talking: dict[str, str]) -> None:
+    def _items_of_legs(self, present: dict[str, ari.Channel], channels: set[str]) -> set[str]:
+        """The work items our legs among ``channels`` belong to (their Stasis arguments:
+        ``<app>,<role>,<item id>``)."""
+        items: set[str] = set()
+        for channel_id in channels:
+            args = present[channel_id].app_data.split(",")[1:]
+            if len(args) >= 2 and args[0] in LEG_ROLES:
+                items.add(args[1])
+        return items
+
+    async def _resolve_lost_dials(self, node: str, talking: set[str]) -> None:
         """Dials in flight when the last process died, on ``node``: a customer Asterisk
         still has in a conversation with an agent was reached (done, never dialled
         again); any other such dial died with its legs (hung up as strays) and the
-        callback may be offered again. ``talking``: item id -> role, for the legs of
-        the conversations just adopted."""
+        callback may be offered again. ``talking``: the work items of the
+        conversations just adopted."""
         for item_id, item_node in list(self.ctx.unresolved.items()):
             if item_node != node:
                 continue
