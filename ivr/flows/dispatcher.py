@@ -145,8 +145,11 @@ class Dispatcher:
 
     async def _loop(self) -> None:
         while True:
+            # asyncio.timeout, not wait_for: Python 3.11's wait_for can swallow a
+            # cancel that lands as its timeout fires, and close() then waits for ever.
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._wake.wait(), 1.0)
+                async with asyncio.timeout(1.0):
+                    await self._wake.wait()
             self._wake.clear()
             try:
                 await self.dispatch_pass()

@@ -171,8 +171,11 @@ class ChannelSession:
         if self.gone:
             raise Hangup()
         timeout = None if deadline is None else max(0.0, deadline - self.clock.now())
+        # asyncio.timeout, not wait_for: Python 3.11's wait_for may swallow a cancel
+        # arriving as the timeout fires (the session would then outlive its close).
         try:
-            ev = await asyncio.wait_for(self.inbox.get(), timeout)
+            async with asyncio.timeout(timeout):
+                ev = await self.inbox.get()
         except TimeoutError:
             return None
         if isinstance(ev, ari.StasisEnd | ari.ChannelDestroyed) \

@@ -136,8 +136,9 @@ class LiveFeed:
         try:
             while not self.closing.is_set():
                 await send()
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(dirty.wait(), self.refresh)
+                with contextlib.suppress(TimeoutError):  # (asyncio.timeout: see Dispatcher)
+                    async with asyncio.timeout(self.refresh):
+                        await dirty.wait()
                 if self.closing.is_set():
                     return
                 await asyncio.sleep(self.coalesce)
